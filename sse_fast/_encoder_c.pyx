@@ -1,0 +1,354 @@
+# cython: language_level=3
+"""Compiled event encoder: the Cython twin of ``_encoder_py`` (same names, same bytes).
+
+Text is read through CPython's cached UTF-8 view of a ``str`` (no copy for
+ASCII strings) and copied once into a growable C buffer; line terminators are
+found with ``memchr``-style scans over the UTF-8 bytes (CR and LF never occur
+inside a multi-byte UTF-8 sequence, so byte scanning is exact).
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_Size
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.object cimport PyObject
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from libc.string cimport memcpy, memchr
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+__all__ = ["SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class"]
+
+SEPARATORS = ("\r\n", "\r", "\n")
+
+cdef object _event_class = None
+cdef object _event_encode = None
+
+# interned dict keys
+cdef str K_DATA = "data"
+cdef str K_EVENT = "event"
+cdef str K_ID = "id"
+cdef str K_RETRY = "retry"
+cdef str K_COMMENT = "comment"
+
+
+def set_event_class(cls):
+    """Tell the encoder which class is ``ServerSentEvent`` (see ``_encoder_py``)."""
+    global _event_class, _event_encode
+    _event_class = cls
+    _event_encode = cls.encode
+
+
+def check_sep(sep):
+    """Return ``sep`` if it is a valid line terminator, else raise ``ValueError``."""
+    if sep != "\r\n" and sep != "\n" and sep != "\r":
+        raise ValueError(f"sep must be one of '\\r\\n', '\\r', '\\n', got {sep!r}")
+    return sep
+
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need = b.size + extra
+    cdef Py_ssize_t cap
+    cdef char* p
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 256
+    while cap < need:
+        cap *= 2
+    p = <char*>PyMem_Realloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int buf_write(Buf* b, const char* p, Py_ssize_t n) except -1:
+    if b.size + n > b.cap:
+        buf_grow(b, n)
+    memcpy(b.data + b.size, p, n)
+    b.size += n
+    return 0
+
+
+cdef int write_lines(Buf* b, const char* prefix, Py_ssize_t plen, str text,
+                     const char* sep, Py_ssize_t seplen) except -1:
+    """One ``prefix + piece + sep`` line per piece of ``text`` split on CRLF, CR, LF."""
+    cdef Py_ssize_t n
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef const char* end = s + n
+    cdef const char* p = s
+    cdef const char* start = s
+    cdef char c
+    # worst case: every byte a line break
+    buf_grow(b, n + (plen + seplen) * (n + 1))
+    while p < end:
+        c = p[0]
+        if c == b'\n' or c == b'\r':
+            buf_write(b, prefix, plen)
+            buf_write(b, start, p - start)
+            buf_write(b, sep, seplen)
+            if c == b'\r' and p + 1 < end and p[1] == b'\n':
+                p += 1
+            p += 1
+            start = p
+        else:
+            p += 1
+    buf_write(b, prefix, plen)
+    buf_write(b, start, end - start)
+    buf_write(b, sep, seplen)
+    return 0
+
+
+cdef int write_single(Buf* b, const char* prefix, Py_ssize_t plen, str text,
+                      const char* sep, Py_ssize_t seplen) except -1:
+    """``prefix + text + sep`` with every CR and LF of ``text`` removed."""
+    cdef Py_ssize_t n
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef Py_ssize_t i
+    cdef char c
+    buf_grow(b, plen + n + seplen)
+    buf_write(b, prefix, plen)
+    for i in range(n):
+        c = s[i]
+        if c != b'\r' and c != b'\n':
+            b.data[b.size] = c
+            b.size += 1
+    buf_write(b, sep, seplen)
+    return 0
+
+
+cdef inline str as_text(object o):
+    if type(o) is str:
+        return <str>o
+    return str(o)
+
+
+cdef str check_retry(object retry):
+    if type(retry) is not int:
+        if isinstance(retry, bool) or not isinstance(retry, int):
+            raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
+    if retry < 0:
+        raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
+    return str(int(retry))
+
+
+cdef int write_fields(Buf* b, object data, object event, object id, object retry,
+                      object comment, str sep) except -1:
+    # Convert every field first: str() may run user code, and no user code may
+    # run while bytes are half written.
+    cdef str t_comment = None
+    cdef str t_id = None
+    cdef str t_event = None
+    cdef str t_data = None
+    cdef str t_retry = None
+    cdef Py_ssize_t seplen
+    cdef const char* csep
+    if comment is not None:
+        t_comment = as_text(comment)
+    if id is not None:
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str, got {id!r}")
+        t_id = <str>id
+    if event is not None:
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, got {event!r}")
+        t_event = <str>event
+    if data is not None:
+        t_data = as_text(data)
+    if retry is not None:
+        t_retry = check_retry(retry)
+    csep = PyUnicode_AsUTF8AndSize(sep, &seplen)
+    cdef Py_ssize_t start = b.size
+    try:
+        if t_comment is not None:
+            write_lines(b, ": ", 2, t_comment, csep, seplen)
+        if t_id is not None:
+            write_single(b, "id: ", 4, t_id, csep, seplen)
+        if t_event is not None:
+            write_single(b, "event: ", 7, t_event, csep, seplen)
+        if t_data is not None:
+            write_lines(b, "data: ", 6, t_data, csep, seplen)
+        if t_retry is not None:
+            write_single(b, "retry: ", 7, t_retry, csep, seplen)
+        buf_write(b, csep, seplen)
+    except BaseException:
+        b.size = start  # never leave half an event behind (e.g. a lone surrogate)
+        raise
+    return 0
+
+
+cdef int write_dict(Buf* b, dict item, str sep) except -1:
+    cdef PyObject* p
+    cdef Py_ssize_t found = 0
+    cdef object data = None, event = None, id = None, retry = None, comment = None
+    p = PyDict_GetItem(item, K_DATA)
+    if p != NULL:
+        data = <object>p
+        found += 1
+    p = PyDict_GetItem(item, K_ID)
+    if p != NULL:
+        id = <object>p
+        found += 1
+    p = PyDict_GetItem(item, K_EVENT)
+    if p != NULL:
+        event = <object>p
+        found += 1
+    p = PyDict_GetItem(item, K_RETRY)
+    if p != NULL:
+        retry = <object>p
+        found += 1
+    p = PyDict_GetItem(item, K_COMMENT)
+    if p != NULL:
+        comment = <object>p
+        found += 1
+    if found != PyDict_Size(item):
+        for key in item:
+            if key not in (K_DATA, K_EVENT, K_ID, K_RETRY, K_COMMENT):
+                raise TypeError(f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment")
+    return write_fields(b, data, event, id, retry, comment, sep)
+
+
+cdef int write_bytes_like(Buf* b, object item) except -1:
+    cdef Py_buffer view
+    if type(item) is bytes:
+        buf_write(b, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        return 0
+    PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+    try:
+        buf_write(b, <const char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef int write_item(Buf* b, object item, str sep) except -1:
+    cdef type tp = type(item)
+    if tp is bytes or tp is bytearray or tp is memoryview:
+        return write_bytes_like(b, item)
+    if tp is dict:
+        return write_dict(b, <dict>item, sep)
+    if tp is str:
+        return write_fields(b, item, None, None, None, None, sep)
+    if _event_class is not None and isinstance(item, _event_class):
+        if tp.encode is _event_encode:
+            return write_fields(b, item.data, item.event, item.id, item.retry, item.comment, item._sep)
+        return write_bytes_like(b, bytes(item.encode()))
+    if isinstance(item, dict):
+        return write_dict(b, dict(item), sep)
+    return write_fields(b, str(item), None, None, None, None, sep)
+
+
+cdef class EventBuffer:
+    """Bytes of whole events waiting to be sent as one ``http.response.body``.
+
+    See ``_encoder_py.EventBuffer``; this twin appends straight into one C buffer.
+    """
+    cdef Buf buf
+    cdef public str sep
+    cdef public Py_ssize_t count
+
+    def __cinit__(self, sep="\r\n"):
+        self.buf.data = NULL
+        self.buf.size = 0
+        self.buf.cap = 0
+        self.count = 0
+
+    def __init__(self, sep="\r\n"):
+        self.sep = check_sep(sep)
+
+    def __dealloc__(self):
+        if self.buf.data != NULL:
+            PyMem_Free(self.buf.data)
+            self.buf.data = NULL
+
+    def __len__(self):
+        """Bytes waiting to be taken."""
+        return self.buf.size
+
+    cpdef append(self, item):
+        """Append one content item, encoded as ``encode_item`` does."""
+        write_item(&self.buf, item, self.sep)
+        self.count += 1
+
+    def append_bytes(self, data):
+        """Append preformatted bytes (``bytes``, ``bytearray`` or ``memoryview``)."""
+        write_bytes_like(&self.buf, data)
+        self.count += 1
+
+    def append_str(self, text):
+        """Append ``str(text)`` as the ``data`` of one event."""
+        write_fields(&self.buf, text, None, None, None, None, self.sep)
+        self.count += 1
+
+    def append_dict(self, dict item):
+        """Append a dict of event fields (see ``encode_item``)."""
+        write_dict(&self.buf, item, self.sep)
+        self.count += 1
+
+    def append_event(self, event):
+        """Append a ``ServerSentEvent`` (encoded with its own separator)."""
+        write_item(&self.buf, event, self.sep)
+        self.count += 1
+
+    def append_fields(self, data=None, event=None, id=None, retry=None, comment=None, sep=None):
+        """Append one event built from its fields (see ``encode_fields``)."""
+        write_fields(&self.buf, data, event, id, retry, comment, self.sep if sep is None else sep)
+        self.count += 1
+
+    cpdef bytes take(self):
+        """Return everything appended so far as one ``bytes`` and empty the buffer."""
+        cdef bytes out = PyBytes_FromStringAndSize(self.buf.data, self.buf.size)
+        self.buf.size = 0
+        self.count = 0
+        if self.buf.cap > 1 << 20:
+            # give a burst's memory back instead of holding it for the stream's life
+            PyMem_Free(self.buf.data)
+            self.buf.data = NULL
+            self.buf.cap = 0
+        return out
+
+    def clear(self):
+        """Drop what is waiting (used only when the stream is being torn down)."""
+        self.buf.size = 0
+        self.count = 0
+
+
+cdef inline bytes encode_into_bytes(object item, object data, object event, object id,
+                                     object retry, object comment, str sep, bint fields):
+    cdef Buf b
+    b.data = NULL
+    b.size = 0
+    b.cap = 0
+    try:
+        if fields:
+            write_fields(&b, data, event, id, retry, comment, sep)
+        else:
+            write_item(&b, item, sep)
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        if b.data != NULL:
+            PyMem_Free(b.data)
+
+
+def encode_fields(data=None, event=None, id=None, retry=None, comment=None, str sep="\r\n"):
+    """Encode one event's fields as UTF-8 event stream bytes (see ``_encoder_py.encode_fields``)."""
+    return encode_into_bytes(None, data, event, id, retry, comment, sep, True)
+
+
+def encode_item(item, str sep="\r\n"):
+    """Turn one content item into event stream bytes (see ``_encoder_py.encode_item``)."""
+    cdef type tp = type(item)
+    if tp is bytes:
+        return item
+    if tp is bytearray or tp is memoryview:
+        return bytes(item)
+    if _event_class is not None and isinstance(item, _event_class) and tp.encode is not _event_encode:
+        return bytes(item.encode())
+    return encode_into_bytes(item, None, None, None, None, None, sep, False)

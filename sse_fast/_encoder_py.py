@@ -1,0 +1,273 @@
+"""Pure-Python event encoder: the reference twin of ``_encoder_c.pyx``.
+
+Turns the fields of one event into the bytes of the WHATWG HTML event stream
+format (section 9.2 "Server-sent events", "Parsing an event stream"): comment
+lines, then ``id``, ``event``, the ``data`` lines and ``retry``, each line ended
+by the separator, and one empty line that makes the client dispatch the event.
+The field order and splitting rules are sse-starlette's, so the bytes on the
+wire are the same.
+
+Both twins expose the same names with the same behaviour; tests run every case
+on both (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "SEPARATORS",
+    "EventBuffer",
+    "encode_fields",
+    "encode_item",
+    "check_sep",
+    "set_event_class",
+]
+
+_event_class: Any = None
+_event_encode: Any = None
+
+
+def set_event_class(cls: type) -> None:
+    """Tell the encoder which class is ``ServerSentEvent`` (set by ``sse_fast.event``).
+
+    Instances whose class keeps ``ServerSentEvent.encode`` are encoded from
+    their fields directly; a subclass that overrides ``encode`` is honoured.
+    """
+    global _event_class, _event_encode
+    _event_class = cls
+    _event_encode = cls.encode
+
+#: The three line terminators of the event stream format; the only valid ``sep``.
+SEPARATORS = ("\r\n", "\r", "\n")
+
+
+def check_sep(sep: str) -> str:
+    """Return ``sep`` if it is a valid event stream line terminator.
+
+    Raises:
+        ValueError: ``sep`` is not one of ``"\\r\\n"``, ``"\\r"``, ``"\\n"``.
+    """
+    if sep != "\r\n" and sep != "\n" and sep != "\r":
+        raise ValueError(f"sep must be one of '\\r\\n', '\\r', '\\n', got {sep!r}")
+    return sep
+
+
+def _split(text: str) -> list[str]:
+    # every line terminator of the spec (CRLF, CR, LF) splits; nothing else does
+    # (str.splitlines would also split on U+2028, U+0085, ...)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
+
+
+def _single_line(text: str) -> str:
+    if "\r" in text or "\n" in text:
+        return text.replace("\r", "").replace("\n", "")
+    return text
+
+
+def _check_retry(retry: Any) -> None:
+    if type(retry) is not int:
+        if isinstance(retry, bool) or not isinstance(retry, int):
+            raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
+    if retry < 0:
+        raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
+
+
+def _fields_str(data: Any, event: Any, id: Any, retry: Any, comment: Any, sep: str) -> str:
+    parts: list[str] = []
+    if comment is not None:
+        for line in _split(comment if type(comment) is str else str(comment)):
+            parts.append(": " + line + sep)
+    if id is not None:
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str, got {id!r}")
+        parts.append("id: " + _single_line(id) + sep)
+    if event is not None:
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, got {event!r}")
+        parts.append("event: " + _single_line(event) + sep)
+    if data is not None:
+        text = data if type(data) is str else str(data)
+        if "\r" in text or "\n" in text:
+            for line in _split(text):
+                parts.append("data: " + line + sep)
+        else:
+            parts.append("data: " + text + sep)
+    if retry is not None:
+        _check_retry(retry)
+        parts.append("retry: " + str(retry) + sep)
+    parts.append(sep)
+    return "".join(parts)
+
+
+def encode_fields(
+    data: Any = None,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+    comment: Any = None,
+    sep: str = "\r\n",
+) -> bytes:
+    """Encode one event's fields as UTF-8 event stream bytes.
+
+    Args:
+        data: any object; ``str(data)`` is split on every line terminator into
+            one ``data:`` line per piece. ``None`` writes no ``data`` field.
+        event: event type; line terminators are removed.
+        id: last event ID; line terminators are removed.
+        retry: reconnection time in milliseconds, a non-negative ``int``.
+        comment: any object; ``str(comment)`` becomes one ``:`` line per piece.
+        sep: line terminator, one of ``SEPARATORS`` (not checked here: callers
+            check it once, at construction).
+
+    Returns:
+        The event's bytes, ending with an empty line (``sep`` alone when no
+        field is set).
+
+    Raises:
+        TypeError: ``retry`` is not an ``int`` (``bool`` included), or ``id`` /
+            ``event`` is not a ``str``.
+        ValueError: ``retry`` is negative (a client ignores a ``retry`` field
+            that is not all digits, WHATWG HTML 9.2.6).
+        UnicodeEncodeError: a field holds a lone surrogate.
+    """
+    return _fields_str(data, event, id, retry, comment, sep).encode("utf-8")
+
+
+def _dict_str(item: dict, sep: str) -> str:
+    if len(item) == 1 and "data" in item:
+        data = item["data"]
+        text = data if type(data) is str else ("" if data is None else str(data))
+        if data is not None and "\r" not in text and "\n" not in text:
+            return "data: " + text + sep + sep
+    get = item.get
+    for key in item:
+        if key not in _DICT_KEYS:
+            # the same TypeError as ServerSentEvent(**item) would raise
+            raise TypeError(f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment")
+    return _fields_str(get("data"), get("event"), get("id"), get("retry"), get("comment"), sep)
+
+
+_DICT_KEYS = frozenset(("data", "event", "id", "retry", "comment"))
+
+
+def _item_str(item: Any, sep: str) -> str:
+    """Encode a non-bytes item to str (see ``encode_item``)."""
+    tp = type(item)
+    if tp is dict:
+        return _dict_str(item, sep)
+    if tp is str:
+        if "\r" in item or "\n" in item:
+            return _fields_str(item, None, None, None, None, sep)
+        return "data: " + item + sep + sep
+    if _event_class is not None and isinstance(item, _event_class):
+        return _fields_str(item.data, item.event, item.id, item.retry, item.comment, item._sep)
+    if isinstance(item, dict):
+        return _dict_str(item, sep)
+    return _fields_str(str(item), None, None, None, None, sep)
+
+
+def encode_item(item: Any, sep: str = "\r\n") -> bytes:
+    """Turn one item of a response's content into event stream bytes.
+
+    The rules of sse-starlette's ``ensure_bytes``:
+
+    - ``bytes``, ``bytearray``, ``memoryview``: sent as they are (``bytes``);
+    - a ``ServerSentEvent``: encoded with its own separator;
+    - a ``dict``: its keys are ``ServerSentEvent``'s fields (``data``,
+      ``event``, ``id``, ``retry``, ``comment``), encoded with ``sep``;
+      the dict is not modified;
+    - anything else: ``str(item)`` as the ``data`` of an event.
+
+    Raises:
+        TypeError: a dict key that is not a field, or a bad field type (see
+            ``encode_fields``).
+    """
+    tp = type(item)
+    if tp is bytes:
+        return item
+    if tp is bytearray or tp is memoryview:
+        return bytes(item)
+    if _event_class is not None and isinstance(item, _event_class) and tp.encode is not _event_encode:
+        return bytes(item.encode())  # a subclass with its own encode()
+    return _item_str(item, sep).encode("utf-8")
+
+
+class EventBuffer:
+    """Bytes of whole events waiting to be sent as one ``http.response.body``.
+
+    Every ``append*`` method adds complete events only, so a flush can never
+    split an event (or put a ping inside one).
+
+    Args:
+        sep: line terminator for items that do not carry their own.
+    """
+
+    __slots__ = ("_parts", "_size", "sep", "count")
+
+    def __init__(self, sep: str = "\r\n") -> None:
+        self.sep = check_sep(sep)
+        self._parts: list[bytes] = []
+        self._size = 0
+        #: number of items appended since the last ``take()``
+        self.count = 0
+
+    def __len__(self) -> int:
+        """Bytes waiting to be taken."""
+        return self._size
+
+    def append(self, item: Any) -> None:
+        """Append one content item, encoded as ``encode_item`` does."""
+        b = item if type(item) is bytes else encode_item(item, self.sep)
+        self._parts.append(b)
+        self._size += len(b)
+        self.count += 1
+
+    def append_bytes(self, data: bytes) -> None:
+        """Append preformatted bytes (``bytes``, ``bytearray`` or ``memoryview``)."""
+        b = bytes(data)
+        self._parts.append(b)
+        self._size += len(b)
+        self.count += 1
+
+    def append_str(self, text: Any) -> None:
+        """Append ``str(text)`` as the ``data`` of one event."""
+        self.append_fields(text)
+
+    def append_dict(self, item: dict) -> None:
+        """Append a dict of event fields (see ``encode_item``)."""
+        b = _dict_str(item, self.sep).encode("utf-8")
+        self._parts.append(b)
+        self._size += len(b)
+        self.count += 1
+
+    def append_event(self, event: Any) -> None:
+        """Append a ``ServerSentEvent`` (encoded with its own separator)."""
+        self.append(event)
+
+    def append_fields(self, data=None, event=None, id=None, retry=None, comment=None, sep=None) -> None:
+        """Append one event built from its fields (see ``encode_fields``)."""
+        b = _fields_str(data, event, id, retry, comment, self.sep if sep is None else sep).encode("utf-8")
+        self._parts.append(b)
+        self._size += len(b)
+        self.count += 1
+
+    def take(self) -> bytes:
+        """Return everything appended so far as one ``bytes`` and empty the buffer."""
+        parts = self._parts
+        if len(parts) == 1:
+            out = parts[0]
+        else:
+            out = b"".join(parts)
+        self._parts = []
+        self._size = 0
+        self.count = 0
+        return out
+
+    def clear(self) -> None:
+        """Drop what is waiting (used only when the stream is being torn down)."""
+        self._parts = []
+        self._size = 0
+        self.count = 0
