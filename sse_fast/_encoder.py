@@ -32,6 +32,8 @@ encode_fields = _impl.encode_fields
 encode_item = _impl.encode_item
 check_sep = _impl.check_sep
 SEPARATORS = _impl.SEPARATORS
+pump = _impl.pump
+PUMP_FULL, PUMP_SUSPENDED, PUMP_END = _impl.PUMP_FULL, _impl.PUMP_SUSPENDED, _impl.PUMP_END
 
 
 def set_event_class(cls: type) -> None:

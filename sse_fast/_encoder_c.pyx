@@ -352,3 +352,51 @@ def encode_item(item, str sep="\r\n"):
     if _event_class is not None and isinstance(item, _event_class) and tp.encode is not _event_encode:
         return bytes(item.encode())
     return encode_into_bytes(item, None, None, None, None, None, sep, False)
+
+
+PUMP_FULL = 0
+PUMP_SUSPENDED = 1
+PUMP_END = 2
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject** presult)
+    void Py_DECREF(PyObject*)
+
+
+def pump(anext, EventBuffer buf, Py_ssize_t high, step=None):
+    """Pull every ready item into ``buf`` without suspending (see ``_encoder_py.pump``)."""
+    cdef PyObject* res
+    cdef PySendResult r
+    cdef object value
+    while True:
+        if step is None:
+            step = anext()
+        res = NULL
+        r = PyIter_Send(step, None, &res)
+        if r == PYGEN_RETURN:
+            value = <object>res
+            Py_DECREF(res)
+            step = None
+            write_item(&buf.buf, value, buf.sep)
+            buf.count += 1
+            if buf.buf.size >= high:
+                return (PUMP_FULL, None, None)
+            continue
+        if r == PYGEN_NEXT:
+            value = <object>res
+            Py_DECREF(res)
+            return (PUMP_SUSPENDED, step, value)
+        # PYGEN_ERROR: an exception is set
+        try:
+            raise_current()
+        except StopAsyncIteration:
+            return (PUMP_END, None, None)
+
+
+cdef int raise_current() except -1:
+    # the error indicator is already set by PyIter_Send: report it
+    return -1

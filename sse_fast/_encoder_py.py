@@ -271,3 +271,49 @@ class EventBuffer:
         self._parts = []
         self._size = 0
         self.count = 0
+
+
+#: ``pump`` results
+PUMP_FULL = 0  # the buffer reached its bound: flush before asking for more
+PUMP_SUSPENDED = 1  # the producer is waiting on something: flush, then wait for it
+PUMP_END = 2  # the iterator is exhausted
+
+
+def pump(anext: Any, buf: EventBuffer, high: int, step: Any = None) -> tuple[int, Any, Any]:
+    """Pull every item the producer has ready into ``buf``, without suspending.
+
+    Drives the producer's ``__anext__()`` coroutines by hand: an item that is
+    ready (the coroutine returns at once) is encoded straight into the buffer;
+    the first step that would suspend is handed back unfinished so the caller
+    can flush before waiting for it (no timer delay for a slow producer).
+
+    Args:
+        anext: the async iterator's bound ``__anext__``.
+        buf: the batch buffer.
+        high: buffer size in bytes at which to stop and let the caller flush.
+        step: a suspended ``__anext__()`` coroutine whose awaited object is
+            done, to resume first; ``None`` to start a new one.
+
+    Returns:
+        ``(PUMP_FULL, None, None)``, ``(PUMP_END, None, None)``, or
+        ``(PUMP_SUSPENDED, step, awaited)`` where ``awaited`` is what the
+        coroutine yielded (an asyncio future, or ``None`` for a bare yield).
+
+    Raises:
+        Whatever the iterator or the encoder raises.
+    """
+    append = buf.append
+    while True:
+        if step is None:
+            step = anext()
+        try:
+            awaited = step.send(None)
+        except StopIteration as stop:
+            step = None
+            append(stop.value)
+            if len(buf) >= high:
+                return PUMP_FULL, None, None
+            continue
+        except StopAsyncIteration:
+            return PUMP_END, None, None
+        return PUMP_SUSPENDED, step, awaited

@@ -1,0 +1,352 @@
+"""``EventSourceResponse``: a Starlette response that streams an event stream.
+
+Drop-in for ``sse_starlette.sse.EventSourceResponse`` (same arguments, same
+bytes on the wire), built lean: per connection one task of its own (the
+caller's) that runs the batching writer, plus one that awaits ``receive()``
+for ``http.disconnect``. Pings and send deadlines are loop timers; shutdown
+comes from one registry per event loop (``_shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from . import _encoder
+from ._shutdown import AppStatus, registry_for
+from ._writer import (
+    DEFAULT_MAX_BUFFER_BYTES,
+    STOP_DISCONNECT,
+    STOP_SHUTDOWN,
+    SendTimeoutError,
+    StreamWriter,
+    _StopStream,
+)
+from .event import ServerSentEvent
+
+__all__ = ["EventSourceResponse", "SendTimeoutError", "AppStatus"]
+
+logger = logging.getLogger("sse_fast")
+
+
+def _check_seconds(name: str, value: Any, *, allow_none: bool, allow_zero: bool = True) -> None:
+    if value is None:
+        if allow_none:
+            return
+        raise TypeError(f"{name} must be a number of seconds, got None")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds (int or float), got {value!r}")
+    if value != value or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+
+
+def _denial_send(send: Send) -> Send:
+    # On a websocket scope the response is sent as a denial response (ASGI
+    # websocket "denial response" extension message names).
+    async def wrapped(message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            message = {**message, "type": "websocket.http.response.start"}
+        elif kind == "http.response.body":
+            message = {**message, "type": "websocket.http.response.body"}
+        await send(message)
+
+    return wrapped
+
+
+class _Stream:
+    """Per-request state, registered with the loop's shutdown registry."""
+
+    __slots__ = ("writer", "task", "shutdown_event", "grace", "loop", "grace_handle", "__weakref__")
+
+    def __init__(self, writer: StreamWriter, task: Any, shutdown_event: Any, grace: float, loop: Any) -> None:
+        self.writer = writer
+        self.task = task
+        self.shutdown_event = shutdown_event
+        self.grace = grace
+        self.loop = loop
+        self.grace_handle: asyncio.TimerHandle | None = None
+
+    def on_shutdown(self) -> None:
+        if self.shutdown_event is not None:
+            # let the producer finish by itself (farewell event), then stop it
+            self.shutdown_event.set()
+            if self.grace > 0:
+                self.grace_handle = self.loop.call_later(self.grace, self.writer.stop, STOP_SHUTDOWN)
+                return
+        self.writer.stop(STOP_SHUTDOWN)
+
+
+class EventSourceResponse(Response):
+    """Stream ``content`` to the client as an event stream (``text/event-stream``).
+
+    Args:
+        content: an async iterable (async generator, anyio memory object
+            receive stream, ...) or a sync iterable, which is iterated in a
+            worker thread. Items: ``ServerSentEvent``, ``dict`` of event fields,
+            ``str``/other objects (sent as ``data``), or preformatted ``bytes``.
+        status_code: HTTP status.
+        headers: extra headers; ``Cache-Control: no-store`` unless given,
+            ``Connection: keep-alive`` (not on HTTP/2, where it is illegal),
+            ``X-Accel-Buffering: no`` are added.
+        media_type: ``text/event-stream`` (``; charset=utf-8`` is added).
+        background: a task run after the response, as Starlette's.
+        ping: seconds between pings (int or float); default 15; ``0`` disables.
+        sep: line terminator: ``"\\r\\n"`` (default), ``"\\r"`` or ``"\\n"``.
+        ping_message_factory: returns the ``ServerSentEvent`` sent as ping
+            instead of the default comment ``": ping - <UTC time>"``.
+        data_sender_callable: a coroutine function run beside the stream (push
+            style, e.g. writing into the memory stream given as ``content``);
+            cancelled when the stream ends.
+        send_timeout: seconds a send of data or ping may take; on expiry the
+            response ends with ``SendTimeoutError`` and the iterator is closed.
+        client_close_handler_callable: awaited with the ``http.disconnect``
+            message when the client goes away; the iterator is cancelled.
+        shutdown_event: an ``anyio.Event``/``asyncio.Event`` set on server
+            shutdown; the iterator then has ``shutdown_grace_period`` seconds to
+            finish by itself before it is cancelled.
+        shutdown_grace_period: seconds, >= 0.
+        cleanup_timeout: seconds allowed for the iterator's ``aclose()`` after
+            a failure; ``None`` waits without limit.
+        max_buffer_bytes: (sse_fast) bytes of encoded events that may wait for
+            a send; the producer waits beyond it. Default 65536.
+        ping_when_idle: (sse_fast) ping only after ``ping`` seconds without any
+            data sent, instead of sse-starlette's fixed cadence.
+
+    Raises:
+        TypeError: ``content`` is not iterable, or an argument has the wrong type.
+        ValueError: ``sep`` is not a line terminator, or a number is out of range.
+    """
+
+    DEFAULT_PING_INTERVAL = 15
+    DEFAULT_SEPARATOR = "\r\n"
+
+    def __init__(
+        self,
+        content: AsyncIterable[Any] | Iterable[Any],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str = "text/event-stream",
+        background: BackgroundTask | None = None,
+        ping: int | float | None = None,
+        sep: str | None = None,
+        ping_message_factory: Callable[[], ServerSentEvent] | None = None,
+        data_sender_callable: Callable[[], Awaitable[None]] | None = None,
+        send_timeout: float | None = None,
+        client_close_handler_callable: Callable[[Message], Awaitable[None]] | None = None,
+        shutdown_event: Any = None,
+        shutdown_grace_period: float = 0,
+        cleanup_timeout: float | None = 30.0,
+        *,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        ping_when_idle: bool = False,
+    ) -> None:
+        if sep is None:
+            sep = self.DEFAULT_SEPARATOR
+        elif sep not in _encoder.SEPARATORS:
+            raise ValueError(f"sep must be one of '\\r\\n', '\\r', '\\n', got {sep!r}")
+        if isinstance(content, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"content must be an iterable of events, got {type(content).__name__} {content!r:.40}")
+        if hasattr(content, "__aiter__"):
+            self.body_iterator: Any = content
+        elif hasattr(content, "__iter__"):
+            self.body_iterator = iterate_in_threadpool(content)  # type: ignore[arg-type]
+        else:
+            raise TypeError(f"content must be an async iterable or an iterable, got {content!r}")
+        if isinstance(status_code, bool) or not isinstance(status_code, int):
+            raise TypeError(f"status_code must be an int, got {status_code!r}")
+        _check_seconds("send_timeout", send_timeout, allow_none=True, allow_zero=False)
+        _check_seconds("shutdown_grace_period", shutdown_grace_period, allow_none=False)
+        _check_seconds("cleanup_timeout", cleanup_timeout, allow_none=True)
+        for name, fn in (
+            ("ping_message_factory", ping_message_factory),
+            ("data_sender_callable", data_sender_callable),
+            ("client_close_handler_callable", client_close_handler_callable),
+        ):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
+        if shutdown_event is not None and not (hasattr(shutdown_event, "set") and hasattr(shutdown_event, "is_set")):
+            raise TypeError(f"shutdown_event must be an anyio.Event or asyncio.Event, got {shutdown_event!r}")
+        if isinstance(max_buffer_bytes, bool) or not isinstance(max_buffer_bytes, int):
+            raise TypeError(f"max_buffer_bytes must be an int (bytes), got {max_buffer_bytes!r}")
+        if max_buffer_bytes < 1:
+            raise ValueError(f"max_buffer_bytes must be >= 1 byte, got {max_buffer_bytes!r}")
+
+        self.sep = sep
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = background
+        self.data_sender_callable = data_sender_callable
+        self.send_timeout = send_timeout
+        self.ping_message_factory = ping_message_factory
+        self.client_close_handler_callable = client_close_handler_callable
+        self.max_buffer_bytes = max_buffer_bytes
+        self.ping_when_idle = bool(ping_when_idle)
+        self._shutdown_event = shutdown_event
+        self._shutdown_grace_period = shutdown_grace_period
+        self._cleanup_timeout = cleanup_timeout
+        self.ping_interval = self.DEFAULT_PING_INTERVAL if ping is None else ping
+        #: ``True`` while the response is streaming
+        self.active = False
+
+        _headers = MutableHeaders()
+        if headers is not None:
+            for key, value in headers.items():
+                _headers.append(key, value)
+        _headers.setdefault("Cache-Control", "no-store")
+        _headers["Connection"] = "keep-alive"
+        _headers["X-Accel-Buffering"] = "no"
+        self.init_headers(_headers)
+        # HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2)
+        self._raw_headers_h2 = [(k, v) for k, v in self.raw_headers if k != b"connection"]
+
+    @property
+    def ping_interval(self) -> int | float:
+        """Seconds between pings; ``0`` disables them."""
+        return self._ping_interval
+
+    @ping_interval.setter
+    def ping_interval(self, value: int | float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"ping must be a number of seconds (int or float), got {value!r}")
+        if value != value or value < 0:
+            raise ValueError(f"ping must be >= 0 seconds (0 disables pings), got {value!r}")
+        self._ping_interval = value
+
+    def enable_compression(self, force: bool = False) -> None:
+        """Not supported: compression buffers events and breaks streaming.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("Compression is not supported for event streams")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            send = _denial_send(send)
+        headers = self._raw_headers_h2 if scope.get("http_version") == "2" else self.raw_headers
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        if scope.get("method") == "HEAD":
+            # headers only; the iterator is never started
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.background is not None:
+                await self.background()
+            return
+
+        loop = asyncio.get_running_loop()
+        writer = StreamWriter(
+            send,
+            sep=self.sep,
+            send_timeout=self.send_timeout,
+            ping=self._ping_interval,
+            ping_factory=self.ping_message_factory,
+            ping_when_idle=self.ping_when_idle,
+            max_buffer_bytes=self.max_buffer_bytes,
+        )
+        registry = registry_for(loop)
+        stream = _Stream(writer, asyncio.current_task(), self._shutdown_event, self._shutdown_grace_period, loop)
+        registry.add(stream)
+        listener = loop.create_task(self._listen_for_disconnect(receive, writer))
+        sender = None
+        if self.data_sender_callable is not None:
+            sender = loop.create_task(self._run_data_sender(writer))
+        iterator = self.body_iterator
+        self.active = True
+        completed = False
+        try:
+            if registry.exiting:
+                stream.on_shutdown()
+            writer.start_pings(loop)
+            try:
+                await writer.run(iterator)
+                completed = True
+            except _StopStream:
+                pass
+            except OSError:
+                # ASGI 2.4 servers raise OSError from send() once the client is gone
+                writer.stop_reason = STOP_DISCONNECT
+            except BaseException:
+                await self._close_iterator(iterator)
+                raise
+            if writer.stop_reason != STOP_DISCONNECT:
+                if writer.stop_reason == STOP_SHUTDOWN and len(writer.buffer):
+                    await writer.flush_and_close()
+                try:
+                    await writer.send_with_deadline({"type": "http.response.body", "body": b"", "more_body": False})
+                except OSError:
+                    pass
+            if not completed:
+                await self._close_iterator(iterator)
+        finally:
+            self.active = False
+            writer.close()
+            registry.discard(stream)
+            if stream.grace_handle is not None:
+                stream.grace_handle.cancel()
+            if sender is not None and not sender.done():
+                sender.cancel()
+            await self._finish_listener(listener, writer)
+            if sender is not None:
+                await asyncio.gather(sender, return_exceptions=True)
+        if sender is not None and sender.done() and not sender.cancelled():
+            exc = sender.exception()
+            if exc is not None:
+                raise exc
+        if self.background is not None:
+            await self.background()
+
+    async def _listen_for_disconnect(self, receive: Receive, writer: StreamWriter) -> None:
+        while True:
+            message = await receive()
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+                break
+        writer.stop(STOP_DISCONNECT)
+        if self.client_close_handler_callable is not None:
+            await self.client_close_handler_callable(message)
+
+    async def _finish_listener(self, listener: asyncio.Task[None], writer: StreamWriter) -> None:
+        if not listener.done() and writer.stop_reason != STOP_DISCONNECT:
+            listener.cancel()
+        try:
+            await listener
+        except asyncio.CancelledError:
+            if not listener.cancelled():
+                raise
+            # our own cancel of the listener; an outer cancel of this task is
+            # re-delivered by asyncio at the next await
+            task = asyncio.current_task()
+            if task is not None and getattr(task, "cancelling", lambda: 0)():
+                raise
+
+    async def _run_data_sender(self, writer: StreamWriter) -> None:
+        assert self.data_sender_callable is not None
+        try:
+            await self.data_sender_callable()
+        except BaseException:
+            writer.stop(STOP_DISCONNECT if writer.stop_reason == STOP_DISCONNECT else STOP_SHUTDOWN)
+            raise
+
+    async def _close_iterator(self, iterator: Any) -> None:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            if self._cleanup_timeout is None:
+                await aclose()
+            else:
+                await asyncio.wait_for(aclose(), self._cleanup_timeout)
+        except asyncio.TimeoutError:
+            logger.warning("content iterator did not close within cleanup_timeout=%s s", self._cleanup_timeout)
+        except RuntimeError as exc:
+            # "asynchronous generator is already running": it is being closed elsewhere
+            logger.debug("closing the content iterator failed: %s", exc)
+        except Exception:
+            logger.exception("closing the content iterator failed")
