@@ -232,6 +232,7 @@ class StreamWriter:
         send_waits: Any = None  # what it waits on
         deadline: asyncio.TimerHandle | None = None
         ended = False
+        failure: Exception | None = None  # the iterator's error, raised once what came before is sent
         loop = self.loop
         assert loop is not None
         try:
@@ -240,7 +241,12 @@ class StreamWriter:
                     raise _StopStream
                 # 1. pull what the producer has ready, while there is room
                 if not ended and (step is None or ready) and len(buf) < high:
-                    state, step, awaited = pump(anext, buf, high, step if ready else None)
+                    try:
+                        state, step, awaited = pump(anext, buf, high, step if ready else None)
+                    except Exception as exc:
+                        # send the events produced before the error, then raise it
+                        failure = exc
+                        state, step, awaited = _END, None, None
                     ready = False
                     if state == _END:
                         ended = True
@@ -272,6 +278,8 @@ class StreamWriter:
                         self._deadline_hit = False
                         deadline = loop.call_later(self.send_timeout, self._on_deadline)
                 if ended and sending is None and not len(buf):
+                    if failure is not None:
+                        raise failure
                     return None
                 # 3. wait for the producer, the send, or a wake-up
                 if (ready and len(buf) < high) or (sending is not None and send_waits is None):

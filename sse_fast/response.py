@@ -258,18 +258,19 @@ class EventSourceResponse(Response):
         sender = None
         if self.data_sender_callable is not None:
             sender = loop.create_task(self._run_data_sender(writer))
-        iterator = self.body_iterator
+        iterator = self.body_iterator.__aiter__()
         self.active = True
-        completed = False
         try:
             if registry.exiting:
                 stream.on_shutdown()
             writer.start_pings(loop)
             try:
                 await writer.run(iterator)
-                completed = True
             except _StopStream:
                 pass
+            except SendTimeoutError:  # a TimeoutError, hence an OSError: not a disconnect
+                await self._close_iterator(iterator)
+                raise
             except OSError:
                 # ASGI 2.4 servers raise OSError from send() once the client is gone
                 writer.stop_reason = STOP_DISCONNECT
@@ -281,10 +282,12 @@ class EventSourceResponse(Response):
                     await writer.flush_and_close()
                 try:
                     await writer.send_with_deadline({"type": "http.response.body", "body": b"", "more_body": False})
+                except SendTimeoutError:
+                    raise
                 except OSError:
                     pass
-            if not completed:
-                await self._close_iterator(iterator)
+            # also after a normal end: closes a memory object stream given as content
+            await self._close_iterator(iterator)
         finally:
             self.active = False
             writer.close()
