@@ -46,10 +46,15 @@ def check_sep(sep):
     return sep
 
 
+cdef enum:
+    STACK_BYTES = 1024
+
+
 cdef struct Buf:
     char* data
     Py_ssize_t size
     Py_ssize_t cap
+    bint on_stack  # ``data`` is a caller's stack array: copy out on growth, never free
 
 
 cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
@@ -61,9 +66,16 @@ cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
     cap = b.cap * 2 if b.cap else 256
     while cap < need:
         cap *= 2
-    p = <char*>PyMem_Realloc(b.data, cap)
-    if p == NULL:
-        raise MemoryError()
+    if b.on_stack:
+        p = <char*>PyMem_Malloc(cap)
+        if p == NULL:
+            raise MemoryError()
+        memcpy(p, b.data, b.size)
+        b.on_stack = 0
+    else:
+        p = <char*>PyMem_Realloc(b.data, cap)
+        if p == NULL:
+            raise MemoryError()
     b.data = p
     b.cap = cap
     return 0
@@ -77,6 +89,20 @@ cdef inline int buf_write(Buf* b, const char* p, Py_ssize_t n) except -1:
     return 0
 
 
+cdef inline const char* next_break(const char* p, const char* end,
+                                   const char** nl, const char** cr):
+    """The first CR or LF at or after ``p`` (or ``end``), memchr'd, positions cached."""
+    if nl[0] != end and nl[0] < p:
+        nl[0] = <const char*>memchr(p, b'\n', end - p)
+        if nl[0] == NULL:
+            nl[0] = end
+    if cr[0] != end and cr[0] < p:
+        cr[0] = <const char*>memchr(p, b'\r', end - p)
+        if cr[0] == NULL:
+            cr[0] = end
+    return nl[0] if nl[0] < cr[0] else cr[0]
+
+
 cdef int write_lines(Buf* b, const char* prefix, Py_ssize_t plen, str text,
                      const char* sep, Py_ssize_t seplen) except -1:
     """One ``prefix + piece + sep`` line per piece of ``text`` split on CRLF, CR, LF."""
@@ -84,26 +110,21 @@ cdef int write_lines(Buf* b, const char* prefix, Py_ssize_t plen, str text,
     cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
     cdef const char* end = s + n
     cdef const char* p = s
-    cdef const char* start = s
-    cdef char c
-    # worst case: every byte a line break
-    buf_grow(b, n + (plen + seplen) * (n + 1))
-    while p < end:
-        c = p[0]
-        if c == b'\n' or c == b'\r':
-            buf_write(b, prefix, plen)
-            buf_write(b, start, p - start)
-            buf_write(b, sep, seplen)
-            if c == b'\r' and p + 1 < end and p[1] == b'\n':
-                p += 1
-            p += 1
-            start = p
-        else:
-            p += 1
-    buf_write(b, prefix, plen)
-    buf_write(b, start, end - start)
-    buf_write(b, sep, seplen)
-    return 0
+    cdef const char* brk
+    # -1 sentinel pointers below ``s`` force the first memchr
+    cdef const char* nl = s - 1
+    cdef const char* cr = s - 1
+    while True:
+        brk = next_break(p, end, &nl, &cr)
+        buf_grow(b, plen + (brk - p) + seplen)
+        buf_write(b, prefix, plen)
+        buf_write(b, p, brk - p)
+        buf_write(b, sep, seplen)
+        if brk == end:
+            return 0
+        if brk[0] == b'\r' and brk + 1 < end and brk[1] == b'\n':
+            brk += 1
+        p = brk + 1
 
 
 cdef int write_single(Buf* b, const char* prefix, Py_ssize_t plen, str text,
@@ -111,15 +132,19 @@ cdef int write_single(Buf* b, const char* prefix, Py_ssize_t plen, str text,
     """``prefix + text + sep`` with every CR and LF of ``text`` removed."""
     cdef Py_ssize_t n
     cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
-    cdef Py_ssize_t i
-    cdef char c
+    cdef const char* end = s + n
+    cdef const char* p = s
+    cdef const char* brk
+    cdef const char* nl = s - 1
+    cdef const char* cr = s - 1
     buf_grow(b, plen + n + seplen)
     buf_write(b, prefix, plen)
-    for i in range(n):
-        c = s[i]
-        if c != b'\r' and c != b'\n':
-            b.data[b.size] = c
-            b.size += 1
+    while True:
+        brk = next_break(p, end, &nl, &cr)
+        buf_write(b, p, brk - p)
+        if brk == end:
+            break
+        p = brk + 1
     buf_write(b, sep, seplen)
     return 0
 
@@ -258,6 +283,7 @@ cdef class EventBuffer:
         self.buf.data = NULL
         self.buf.size = 0
         self.buf.cap = 0
+        self.buf.on_stack = 0
         self.count = 0
 
     def __init__(self, sep="\r\n"):
@@ -322,10 +348,13 @@ cdef class EventBuffer:
 
 cdef inline bytes encode_into_bytes(object item, object data, object event, object id,
                                      object retry, object comment, str sep, bint fields):
+    # a small event is written on the C stack: no malloc/free per call
+    cdef char stack[STACK_BYTES]
     cdef Buf b
-    b.data = NULL
+    b.data = stack
     b.size = 0
-    b.cap = 0
+    b.cap = STACK_BYTES
+    b.on_stack = 1
     try:
         if fields:
             write_fields(&b, data, event, id, retry, comment, sep)
@@ -333,7 +362,7 @@ cdef inline bytes encode_into_bytes(object item, object data, object event, obje
             write_item(&b, item, sep)
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
-        if b.data != NULL:
+        if not b.on_stack and b.data != NULL:
             PyMem_Free(b.data)
 
 
