@@ -8,7 +8,7 @@ inside a multi-byte UTF-8 sequence, so byte scanning is exact).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_Size
+from cpython.dict cimport PyDict_Next
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -210,32 +210,37 @@ cdef int write_fields(Buf* b, object data, object event, object id, object retry
 
 
 cdef int write_dict(Buf* b, dict item, str sep) except -1:
-    cdef PyObject* p
-    cdef Py_ssize_t found = 0
+    # Walk the (small) dict once; keys are usually the interned literals, so an
+    # identity test settles them, with string equality as the fallback.
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef Py_ssize_t pos = 0
     cdef object data = None, event = None, id = None, retry = None, comment = None
-    p = PyDict_GetItem(item, K_DATA)
-    if p != NULL:
-        data = <object>p
-        found += 1
-    p = PyDict_GetItem(item, K_ID)
-    if p != NULL:
-        id = <object>p
-        found += 1
-    p = PyDict_GetItem(item, K_EVENT)
-    if p != NULL:
-        event = <object>p
-        found += 1
-    p = PyDict_GetItem(item, K_RETRY)
-    if p != NULL:
-        retry = <object>p
-        found += 1
-    p = PyDict_GetItem(item, K_COMMENT)
-    if p != NULL:
-        comment = <object>p
-        found += 1
-    if found != PyDict_Size(item):
-        for key in item:
-            if key not in (K_DATA, K_EVENT, K_ID, K_RETRY, K_COMMENT):
+    cdef object key
+    while PyDict_Next(item, &pos, &k, &v):
+        if k == <PyObject*>K_DATA:
+            data = <object>v
+        elif k == <PyObject*>K_ID:
+            id = <object>v
+        elif k == <PyObject*>K_EVENT:
+            event = <object>v
+        elif k == <PyObject*>K_RETRY:
+            retry = <object>v
+        elif k == <PyObject*>K_COMMENT:
+            comment = <object>v
+        else:
+            key = <object>k
+            if key == K_DATA:
+                data = <object>v
+            elif key == K_ID:
+                id = <object>v
+            elif key == K_EVENT:
+                event = <object>v
+            elif key == K_RETRY:
+                retry = <object>v
+            elif key == K_COMMENT:
+                comment = <object>v
+            else:
                 raise TypeError(f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment")
     return write_fields(b, data, event, id, retry, comment, sep)
 

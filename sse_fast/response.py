@@ -16,7 +16,6 @@ from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -35,6 +34,43 @@ from .event import ServerSentEvent
 __all__ = ["EventSourceResponse", "SendTimeoutError", "AppStatus"]
 
 logger = logging.getLogger("sse_fast")
+
+_timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
+
+
+async def _agen() -> Any:
+    yield None
+
+
+_ASYNC_GEN = type(_agen())
+
+
+def _build_raw_headers(headers: Mapping[str, str] | None, media_type: str | None, charset: str) -> list[tuple[bytes, bytes]]:
+    """sse-starlette's header list, built directly (Starlette's ``init_headers`` rules).
+
+    The caller's headers first (names lower-cased), then ``cache-control: no-store``
+    unless given, ``connection: keep-alive`` and ``x-accel-buffering: no`` (replacing
+    the caller's), then ``content-type`` unless given.
+    """
+    raw = [] if not headers else [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    def put(name: bytes, value: bytes, replace: bool) -> None:
+        idx = [i for i, (k, _) in enumerate(raw) if k == name]
+        if not idx:
+            raw.append((name, value))
+        elif replace:
+            raw[idx[0]] = (name, value)
+            for i in reversed(idx[1:]):
+                del raw[i]
+
+    put(b"cache-control", b"no-store", False)
+    put(b"connection", b"keep-alive", True)
+    put(b"x-accel-buffering", b"no", True)
+    if media_type is not None and all(k != b"content-type" for k, _ in raw):
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=" + charset
+        raw.append((b"content-type", media_type.encode("latin-1")))
+    return raw
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool, allow_zero: bool = True) -> None:
@@ -197,14 +233,10 @@ class EventSourceResponse(Response):
         #: ``True`` while the response is streaming
         self.active = False
 
-        _headers = MutableHeaders()
-        if headers is not None:
-            for key, value in headers.items():
-                _headers.append(key, value)
-        _headers.setdefault("Cache-Control", "no-store")
-        _headers["Connection"] = "keep-alive"
-        _headers["X-Accel-Buffering"] = "no"
-        self.init_headers(_headers)
+        if headers is None and media_type == "text/event-stream":
+            self.raw_headers = list(_DEFAULT_RAW_HEADERS)
+        else:
+            self.raw_headers = _build_raw_headers(headers, media_type, self.charset)
         # HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2)
         self._raw_headers_h2 = [(k, v) for k, v in self.raw_headers if k != b"connection"]
 
@@ -338,12 +370,17 @@ class EventSourceResponse(Response):
             raise
 
     async def _close_iterator(self, iterator: Any) -> None:
+        if type(iterator) is _ASYNC_GEN and iterator.ag_frame is None:
+            return  # finished already: nothing to close
         aclose = getattr(iterator, "aclose", None)
         if aclose is None:
             return
         try:
             if self._cleanup_timeout is None:
                 await aclose()
+            elif _timeout is not None:
+                async with _timeout(self._cleanup_timeout):  # no extra task
+                    await aclose()
             else:
                 await asyncio.wait_for(aclose(), self._cleanup_timeout)
         except asyncio.TimeoutError:
@@ -353,3 +390,6 @@ class EventSourceResponse(Response):
             logger.debug("closing the content iterator failed: %s", exc)
         except Exception:
             logger.exception("closing the content iterator failed")
+
+
+_DEFAULT_RAW_HEADERS = tuple(_build_raw_headers(None, "text/event-stream", Response.charset))
