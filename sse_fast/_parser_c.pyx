@@ -9,20 +9,90 @@ buffer; a line inside one chunk is never copied. See ``_parser_py`` for the
 rules (WHATWG HTML 9.2.6).
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcmp, memcpy
 
-from ._parser_py import Event as _Event
+from . import _parser_py
 
 __all__ = ["Event", "EventStreamParser"]
 
-Event = _Event
-
-cdef object EventCls = _Event
 cdef str MESSAGE = "message"
 cdef str EMPTY = ""
+
+
+@cython.no_gc  # the fields hold only str / int / None: never part of a cycle
+@cython.freelist(256)
+cdef class Event:
+    """One dispatched event: the compiled twin of ``_parser_py.Event`` (same attributes, same behaviour).
+
+    Attributes:
+        event: the event type (``str``), ``"message"`` by default.
+        data: the data (``str``), lines joined by ``"\\n"``.
+        id: the last event ID string at dispatch (``str``).
+        retry: the reconnection time in milliseconds (``int``) or ``None``.
+
+    Raises:
+        TypeError: ``event``, ``data`` or ``id`` is not a ``str``, or ``retry``
+            is neither an ``int`` nor ``None``.
+    """
+
+    cdef public str event
+    cdef public str data
+    cdef public str id
+    cdef object _retry
+
+    def __init__(self, str event not None="message", str data not None="", str id not None="", retry=None):
+        self.event = event
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+    @property
+    def retry(self):
+        return self._retry
+
+    @retry.setter
+    def retry(self, value):
+        if value is not None and type(value) is not int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"retry must be an int (milliseconds) or None, got {value!r}")
+            value = int(value)
+        self._retry = value
+
+    def __eq__(self, other):
+        if not isinstance(other, (Event, _parser_py.Event)):
+            return NotImplemented
+        return (
+            self.event == other.event
+            and self.data == other.data
+            and self.id == other.id
+            and self._retry == other.retry
+        )
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"Event(event={self.event!r}, data={self.data!r}, id={self.id!r}, retry={self._retry!r})"
+
+    def __reduce__(self):
+        return (Event, (self.event, self.data, self.id, self._retry))
+
+    def json(self):
+        """Return ``json.loads(self.data)``.
+
+        Raises:
+            json.JSONDecodeError: ``data`` is not JSON.
+        """
+        import json
+
+        return json.loads(self.data)
 
 
 cdef struct Buf:
@@ -114,12 +184,18 @@ cdef class EventStreamParser:
         cdef const char* v
         cdef Py_ssize_t name_len, vlen, k
         cdef long long r
+        cdef Event ev
         if n == 0:
             # blank line: dispatch
             if self._has_data:
                 if out is not None:
                     text = PyUnicode_DecodeUTF8(self._data.data, self._data.size - 1, "replace")
-                    out.append(EventCls(self._event_type(), text, self.last_event_id, self.retry))
+                    ev = Event.__new__(Event)  # no __init__: fields set directly
+                    ev.event = self._event_type()
+                    ev.data = text
+                    ev.id = self.last_event_id
+                    ev._retry = self.retry
+                    out.append(ev)
                 else:
                     self.events_dispatched += 1
                 self._data.size = 0

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Event", "EventStreamParser"]
+__all__ = ["Event", "EventStreamParser", "set_event_class"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -74,7 +74,7 @@ class Event:
         self.retry = retry
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Event):
+        if not isinstance(other, _event_types):
             return NotImplemented
         return (
             self.event == other.event
@@ -99,6 +99,23 @@ class Event:
         import json
 
         return json.loads(self.data)
+
+
+#: the class this twin's parser builds events with (see ``set_event_class``)
+_event_class: Any = Event
+_event_types: tuple[type, ...] = (Event,)
+
+
+def set_event_class(cls: type) -> None:
+    """Make this twin's parser build its events with ``cls`` (called with
+    ``(event, data, id, retry)``), and let :class:`Event` compare equal to it.
+
+    The chooser (``sse_fast._parser``) passes the compiled twin's ``Event``,
+    so that both twins return instances of the one class ``sse_fast._parser.Event``.
+    """
+    global _event_class, _event_types
+    _event_class = cls
+    _event_types = (Event,) if cls is Event else (Event, cls)
 
 
 def _chunk_bytes(chunk: Any) -> bytes:
@@ -232,17 +249,22 @@ class EventStreamParser:
             TypeError: ``chunk`` is not ``bytes``, ``bytearray`` or ``memoryview``.
         """
         out: list[Event] = []
+        data = self._data
         for line in self._lines(chunk):
             if line:
-                if line[0] != 58:  # not a comment
+                # the common field inline (no method call), the rest in _field
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                    self._has_data = True
+                elif line[0] != 58:  # not a comment
                     self._field(line)
                 continue
             # blank line: dispatch
             if self._has_data:
-                data = self._data
                 text = (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace")
-                out.append(Event(self._event_type(), text, self.last_event_id, self.retry))
-                self._data = []
+                out.append(_event_class(self._event_type(), text, self.last_event_id, self.retry))
+                data = self._data = []
                 self._has_data = False
             self._etype = b""
         self.events_dispatched += len(out)

@@ -41,7 +41,9 @@ class StreamEnded(EOFError):
     """The response ended (or the app returned) before the awaited event came."""
 
 
-def _headers_list(headers: Mapping[str, str] | Iterable[tuple[Any, Any]] | None) -> list[tuple[bytes, bytes]]:
+def _headers_list(
+    headers: Mapping[str, str] | Iterable[tuple[Any, Any]] | None,
+) -> list[tuple[bytes, bytes]]:
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -108,18 +110,25 @@ class AppStream:
             self.start = message
             self.status = int(message["status"])
             self.headers = [
-                (bytes(n).decode("latin-1").lower(), bytes(v).decode("latin-1")) for n, v in message.get("headers", ())
+                (bytes(n).decode("latin-1").lower(), bytes(v).decode("latin-1"))
+                for n, v in message.get("headers", ())
             ]
             self._changed.set()
             return
         if kind != "http.response.body":
-            raise RuntimeError(f"unexpected ASGI message type {kind!r} (this helper speaks HTTP only)")
+            raise RuntimeError(
+                f"unexpected ASGI message type {kind!r} (this helper speaks HTTP only)"
+            )
         if self.start is None:
             raise RuntimeError("http.response.body sent before http.response.start")
         if self.ended:
             raise RuntimeError("http.response.body sent after the response was complete")
         if self.disconnected:
-            return  # the client is gone: a server drops what is sent (ASGI spec 2.3)
+            # the client is gone: a server drops what is sent (ASGI spec 2.3). Yield
+            # anyway, so that an app that never awaits anything else cannot starve
+            # the loop (and this helper's disconnect timeout) for ever
+            await asyncio.sleep(0)
+            return
         body = bytes(message.get("body", b""))
         self.chunks.append(body)
         if body:
@@ -189,7 +198,9 @@ class AppStream:
         while not self._pending:
             if self._finished():
                 self._raise_app_error()
-                raise StreamEnded(f"the response ended after {self.parser.events_dispatched} events")
+                raise StreamEnded(
+                    f"the response ended after {self.parser.events_dispatched} events"
+                )
             await self._wait(timeout, "event")
         self._drained.set()
         return self._pending.popleft()
@@ -316,7 +327,10 @@ async def stream_app(
         raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}")
     if max_pending_events < 1:
         raise ValueError(f"max_pending_events must be >= 1, got {max_pending_events!r}")
-    for name, value in (("start_timeout", start_timeout), ("disconnect_timeout", disconnect_timeout)):
+    for name, value in (
+        ("start_timeout", start_timeout),
+        ("disconnect_timeout", disconnect_timeout),
+    ):
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
     raw_path, _, query = path.partition("?")
