@@ -22,7 +22,7 @@ rm -rf .venv build
 . .venv/bin/activate
 python -m pip install -q -U pip
 # editable: the compiled twins land in sse_fast/, where the tests import them
-SSE_FAST_REQUIRE_EXTENSIONS=1 python -m pip install -q -e ".[test,bench,locust]"
+SSE_FAST_REQUIRE_EXTENSIONS=1 python -m pip install -q -e ".[test,bench,lint]"
 
 python - <<'PY'
 import sse_fast, sse_fast._encoder_c, sse_fast._parser_c
