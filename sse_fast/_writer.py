@@ -106,6 +106,7 @@ class StreamWriter:
         "stop_reason",
         "sent_bytes",
         "sends",
+        "_pending_send",
     )
 
     def __init__(
@@ -139,6 +140,7 @@ class StreamWriter:
         #: body bytes and ``http.response.body`` messages sent so far
         self.sent_bytes = 0
         self.sends = 0
+        self._pending_send: tuple[Any, Any] | None = None
 
     # -- wake-ups, all called from the loop (timers, other tasks) --------------
 
@@ -317,9 +319,14 @@ class StreamWriter:
                             deadline = None
                 if step is not None and not ready and awaited is not None and awaited.done():
                     ready = True
-        except BaseException:
+        except BaseException as exc:
             if sending is not None:
-                _abandon(sending)
+                if isinstance(exc, _StopStream) and self.stop_reason == STOP_SHUTDOWN:
+                    # the client is still there: the response completes this send
+                    # (then what is buffered) before ending the body
+                    self._pending_send = (sending, send_waits)
+                else:
+                    _abandon(sending)
             if step is not None:
                 # the producer is suspended: cancel it where it waits, as the
                 # task's cancellation would have, and let its finally blocks run
@@ -346,7 +353,22 @@ class StreamWriter:
         return step, awaited, awaited is None
 
     async def flush_and_close(self) -> None:
-        """Send what is buffered (used when the content ends by itself or on shutdown)."""
+        """Finish a send interrupted by shutdown, then send what is buffered, within ``send_timeout``.
+
+        Raises:
+            SendTimeoutError: a send did not complete in time.
+        """
+        pending = self._pending_send
+        if pending is not None:
+            self._pending_send = None
+            finish = _finish(*pending)
+            if self.send_timeout is None:
+                await finish
+            else:
+                try:
+                    await asyncio.wait_for(finish, self.send_timeout)
+                except asyncio.TimeoutError:
+                    raise SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s") from None
         if len(self.buffer):
             body = self.buffer.take()
             await self.send_with_deadline({"type": "http.response.body", "body": body, "more_body": True})
@@ -364,6 +386,30 @@ class StreamWriter:
             await asyncio.wait_for(self.send(message), self.send_timeout)
         except asyncio.TimeoutError:
             raise SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s") from None
+
+
+async def _finish(coro: Any, waits: Any) -> None:
+    """Drive a suspended ``send()`` coroutine (waiting on ``waits``) to its end."""
+    await _drive(coro, waits)
+
+
+@types.coroutine
+def _drive(coro: Any, waits: Any) -> Any:
+    if waits is not None:
+        waits._asyncio_future_blocking = True  # handed to the task again
+    while True:
+        try:
+            value = yield waits
+        except BaseException as exc:
+            try:
+                waits = coro.throw(exc)
+            except StopIteration:
+                return None
+        else:
+            try:
+                waits = coro.send(value)
+            except StopIteration:
+                return None
 
 
 def _abandon(coro: Any) -> None:

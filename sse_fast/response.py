@@ -310,13 +310,14 @@ class EventSourceResponse(Response):
                 await self._close_iterator(iterator)
                 raise
             if writer.stop_reason != STOP_DISCONNECT:
-                if writer.stop_reason == STOP_SHUTDOWN and len(writer.buffer):
-                    await writer.flush_and_close()
                 try:
+                    if writer.stop_reason == STOP_SHUTDOWN:
+                        # what was produced before the shutdown still goes out
+                        await writer.flush_and_close()
                     await writer.send_with_deadline({"type": "http.response.body", "body": b"", "more_body": False})
                 except SendTimeoutError:
                     raise
-                except OSError:
+                except OSError:  # the client left meanwhile
                     pass
             # also after a normal end: closes a memory object stream given as content
             await self._close_iterator(iterator)

@@ -502,3 +502,32 @@ def test_ping_interval_property():
 def test_enable_compression_is_not_implemented():
     with pytest.raises(NotImplementedError):
         EventSourceResponse(numbers(1)).enable_compression()
+
+
+def test_shutdown_completes_a_pending_send_and_flushes(impl):
+    """A send in flight when shutdown comes is finished, not dropped."""
+
+    class SlowClient(Client):
+        async def send(self, message):
+            if message["type"] == "http.response.body" and message["body"]:
+                await asyncio.sleep(0.1)  # a slow reader: every body send waits
+            await super().send(message)
+
+    async def gen():
+        for i in range(3):
+            yield {"data": i}
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(30)
+
+    async def main():
+        c = SlowClient()
+        asyncio.get_running_loop().call_later(0.05, setattr, AppStatus, "should_exit", True)
+        await drive(EventSourceResponse(gen()), client=c)
+        return c
+
+    try:
+        c = asyncio.run(main())
+    finally:
+        AppStatus.should_exit = False
+    assert c.body == b"data: 0\r\n\r\ndata: 1\r\n\r\ndata: 2\r\n\r\n"
+    assert c.messages[-1][1]["more_body"] is False
