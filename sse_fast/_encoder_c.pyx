@@ -351,8 +351,14 @@ cdef class EventBuffer:
         self.count = 0
 
 
+cdef enum:
+    MODE_ITEM = 0
+    MODE_FIELDS = 1
+    MODE_DICT = 2
+
+
 cdef inline bytes encode_into_bytes(object item, object data, object event, object id,
-                                     object retry, object comment, str sep, bint fields):
+                                     object retry, object comment, str sep, int mode):
     # a small event is written on the C stack: no malloc/free per call
     cdef char stack[STACK_BYTES]
     cdef Buf b
@@ -361,7 +367,9 @@ cdef inline bytes encode_into_bytes(object item, object data, object event, obje
     b.cap = STACK_BYTES
     b.on_stack = 1
     try:
-        if fields:
+        if mode == MODE_DICT:
+            write_dict(&b, <dict>item, sep)
+        elif mode == MODE_FIELDS:
             write_fields(&b, data, event, id, retry, comment, sep)
         else:
             write_item(&b, item, sep)
@@ -373,19 +381,24 @@ cdef inline bytes encode_into_bytes(object item, object data, object event, obje
 
 def encode_fields(data=None, event=None, id=None, retry=None, comment=None, str sep="\r\n"):
     """Encode one event's fields as UTF-8 event stream bytes (see ``_encoder_py.encode_fields``)."""
-    return encode_into_bytes(None, data, event, id, retry, comment, sep, True)
+    return encode_into_bytes(None, data, event, id, retry, comment, sep, MODE_FIELDS)
 
 
 def encode_item(item, str sep="\r\n"):
     """Turn one content item into event stream bytes (see ``_encoder_py.encode_item``)."""
     cdef type tp = type(item)
+    # the common items first: no isinstance walk, no second dispatch
+    if tp is dict:
+        return encode_into_bytes(item, None, None, None, None, None, sep, MODE_DICT)
+    if tp is str:
+        return encode_into_bytes(None, item, None, None, None, None, sep, MODE_FIELDS)
     if tp is bytes:
         return item
     if tp is bytearray or tp is memoryview:
         return bytes(item)
     if _event_class is not None and isinstance(item, _event_class) and tp.encode is not _event_encode:
         return bytes(item.encode())
-    return encode_into_bytes(item, None, None, None, None, None, sep, False)
+    return encode_into_bytes(item, None, None, None, None, None, sep, MODE_ITEM)
 
 
 PUMP_FULL = 0
