@@ -147,6 +147,20 @@ async def sync(request: Request):
     return EventSourceResponse(_sync_gen(n))
 
 
+async def push(request: Request):
+    """Push style: an anyio memory object stream as content, filled by data_sender_callable."""
+    n = int(request.query_params.get("n", "5"))
+    send_stream, receive_stream = anyio.create_memory_object_stream(2)
+
+    async def sender():
+        async with send_stream:
+            for i in range(n):
+                await send_stream.send({"data": f"pushed {i}", "id": str(i)})
+                await asyncio.sleep(0.001)
+
+    return EventSourceResponse(receive_stream, data_sender_callable=sender)
+
+
 async def failing(request: Request):
     key = request.query_params["key"]
 
@@ -165,4 +179,5 @@ app = Starlette(routes=[
     Route("/shutdown", shutdown),
     Route("/sync", sync, methods=["GET", "HEAD"]),
     Route("/failing", failing),
+    Route("/push", push),
 ])

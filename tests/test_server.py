@@ -150,6 +150,11 @@ def test_head_and_sync_iterator(server):
     assert r.headers["cache-control"] == "no-store" and r.headers["x-accel-buffering"] == "no"
 
 
+def test_memory_stream_with_data_sender(server):
+    r = httpx.get(f"{server.url}/push", params={"n": 20}, timeout=5)
+    assert r.content == b"".join(f"id: {i}\r\ndata: pushed {i}\r\n\r\n".encode() for i in range(20))
+
+
 def test_iterator_exception_reaches_the_caller_unwrapped(server):
     with httpx.stream("GET", f"{server.url}/failing", params={"key": "fail"}, timeout=5) as r:
         with pytest.raises(httpx.RemoteProtocolError):
