@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from sse_fast import EventSourceResponse, ServerSentEvent
+from sse_fast.demo import query_number
 
 __all__ = ["ROUTES", "expected_event", "wire_event", "PAGE"]
 
@@ -66,19 +67,6 @@ def expected_event(i: int) -> tuple[str, str, str]:
     return etype or "message", data.replace("\r\n", "\n").replace("\r", "\n"), str(i)
 
 
-def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"query parameter {name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ValueError(f"query parameter {name} must be in {lo}..{hi}, got {value}")
-    return value
-
-
 def _session(name: str) -> list[dict[str, Any]]:
     log = _sessions.get(name)
     if log is None:
@@ -90,10 +78,10 @@ def _session(name: str) -> list[dict[str, Any]]:
 
 async def stream(request: Request) -> Response:
     """The event stream (see the module docstring)."""
-    n = _int(request, "n", 12, 1, 100_000)
-    drop = _int(request, "drop", 5, 1, 100_000)
-    retry = _int(request, "retry", 500, 0, 60_000)
-    interval_ms = _int(request, "interval_ms", 0, 0, 10_000)
+    n = query_number(request, "n", 12, 1, 100_000)
+    drop = query_number(request, "drop", 5, 1, 100_000)
+    retry = query_number(request, "retry", 500, 0, 60_000)
+    interval_ms = query_number(request, "interval_ms", 0, 0, 10_000)
     session = request.query_params.get("session", "default")
     header = request.headers.get("last-event-id")
     start = int(header) + 1 if header is not None and header.isdigit() else 0

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-__all__ = ["create_app", "PAGE"]
+__all__ = ["create_app", "query_number", "PAGE"]
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sse_fast demo</title>
@@ -58,27 +58,21 @@ es.onmessage = (e) => {
 """
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+def query_number(request: Request, name: str, default: Any, low: Any, high: Any, kind: type = int) -> Any:
+    """The query parameter ``name`` as ``kind`` (``int`` or ``float``), ``default`` when absent.
+
+    Raises:
+        ValueError: not a number of that kind, or outside ``[low, high]`` (the app
+            answers 400 with the message).
+    """
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"query parameter {name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"query parameter {name} must be in [{low}, {high}], got {value}")
-    return value
-
-
-def _float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"query parameter {name} must be a number, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"query parameter {name} must be {what}, got {raw!r}") from None
     if not low <= value <= high:
         raise ValueError(f"query parameter {name} must be in [{low}, {high}], got {value}")
     return value
@@ -145,7 +139,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         return HTMLResponse(PAGE)
 
     async def events(request: Request) -> Response:
-        interval = _float_param(request, "interval", 1.0, 0.0, 3600.0)
+        interval = query_number(request, "interval", 1.0, 0.0, 3600.0, float)
         last = request.headers.get("last-event-id", "")
         start = int(last) + 1 if last.isdigit() else 0
 
@@ -161,8 +155,8 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         return EventSourceResponse(gen())
 
     async def stream(request: Request) -> Response:
-        n = _int_param(request, "n", 1000, 0, 100_000_000)
-        size = _int_param(request, "size", 50, 0, 16 * 1024 * 1024)
+        n = query_number(request, "n", 1000, 0, 100_000_000)
+        size = query_number(request, "size", 50, 0, 16 * 1024 * 1024)
         payload = "x" * size
 
         async def gen():
@@ -172,8 +166,8 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         return EventSourceResponse(gen())
 
     async def fanout(request: Request) -> Response:
-        interval = _float_param(request, "interval", 0.1, 0.001, 3600.0)
-        size = _int_param(request, "size", 100, 0, 1024 * 1024)
+        interval = query_number(request, "interval", 0.1, 0.001, 3600.0, float)
+        size = query_number(request, "size", 100, 0, 1024 * 1024)
         key = (interval, size)
         b = broadcasters.get(key)
         if b is None:
@@ -190,7 +184,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         return EventSourceResponse(gen())
 
     async def idle(request: Request) -> Response:
-        ping = _float_param(request, "ping", 15.0, 0.0, 3600.0)
+        ping = query_number(request, "ping", 15.0, 0.0, 3600.0, float)
 
         async def gen():
             await asyncio.Event().wait()
@@ -199,7 +193,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         return EventSourceResponse(gen(), ping=ping)
 
     async def firehose(request: Request) -> Response:
-        size = _int_param(request, "size", 50, 0, 1024 * 1024)
+        size = query_number(request, "size", 50, 0, 1024 * 1024)
         payload = "x" * size
 
         async def gen():
