@@ -107,3 +107,44 @@ def test_cli_rejects_a_bad_port():
     r = subprocess.run([sys.executable, "-m", "sse_fast", "demo", "--port", "70000"], capture_output=True, text=True,
                        cwd=str(ROOT))
     assert r.returncode == 2 and "--port" in r.stderr
+
+
+def test_cli_shutdown_ends_open_streams():
+    """Under ``uvicorn.run(...)`` (the CLI) too, SIGTERM ends open streams and the process exits."""
+    import signal
+    import socket
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "sse_fast", "demo", "--port", str(port), "--log-level", "warning"],
+                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "demo did not start"
+                time.sleep(0.1)
+        with sock:
+            sock.sendall(b"GET /events?interval=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"id: 1\r\n" not in data:
+                data += sock.recv(65536)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.endswith(b"0\r\n\r\n")  # the chunked body was ended properly
+        # uvicorn re-raises the signal it captured once it has shut down gracefully
+        assert proc.wait(10) in (0, -signal.SIGTERM)
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
