@@ -107,6 +107,7 @@ class StreamWriter:
         "sent_bytes",
         "sends",
         "_pending_send",
+        "disconnect_seen",
     )
 
     def __init__(
@@ -141,6 +142,8 @@ class StreamWriter:
         self.sent_bytes = 0
         self.sends = 0
         self._pending_send: tuple[Any, Any] | None = None
+        #: the disconnect listener received ``http.disconnect`` (its handler may be running)
+        self.disconnect_seen = False
 
     # -- wake-ups, all called from the loop (timers, other tasks) --------------
 

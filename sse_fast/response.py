@@ -344,12 +344,15 @@ class EventSourceResponse(Response):
             message = await receive()
             if message["type"] in ("http.disconnect", "websocket.disconnect"):
                 break
+        writer.disconnect_seen = True
         writer.stop(STOP_DISCONNECT)
         if self.client_close_handler_callable is not None:
             await self.client_close_handler_callable(message)
 
     async def _finish_listener(self, listener: asyncio.Task[None], writer: StreamWriter) -> None:
-        if not listener.done() and writer.stop_reason != STOP_DISCONNECT:
+        if not listener.done() and not writer.disconnect_seen:
+            # still waiting in receive(): not needed any more. Once it has seen the
+            # disconnect, it is running client_close_handler_callable: let it finish
             listener.cancel()
         try:
             await listener
