@@ -98,12 +98,15 @@ class Registry:
         self.watcher: asyncio.Task[None] | None = None
 
     def add(self, stream: Any) -> None:
+        """Register a live stream (an object with ``on_shutdown()``)."""
         self.streams.add(stream)
 
     def discard(self, stream: Any) -> None:
+        """Forget a stream that ended; absent streams are ignored."""
         self.streams.discard(stream)
 
     def shutdown(self) -> None:
+        """Tell every live stream of this loop, once, that the server is exiting (loop thread only)."""
         if self.exiting:
             return
         self.exiting = True

@@ -247,6 +247,11 @@ class EventSourceResponse(Response):
 
     @ping_interval.setter
     def ping_interval(self, value: int | float) -> None:
+        """Set the ping interval in seconds.
+
+        Raises:
+            TypeError: not an int or float. ValueError: negative or NaN.
+        """
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"ping must be a number of seconds (int or float), got {value!r}")
         if value != value or value < 0:
