@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README and .ci/run): sets everything up from scratch in
-# .venv, builds the Cython extensions (a failed compile is fatal here), and
+# .venv-test, builds the Cython extensions (a failed compile is fatal here), and
 # runs the whole suite, the encoder benchmarks in quick mode, lint and a smoke
 # load. Exits non-zero when anything fails.
 set -euo pipefail
@@ -17,9 +17,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
-rm -rf .venv build
-"$PY" -m venv .venv
-. .venv/bin/activate
+rm -rf .venv-test build
+"$PY" -m venv .venv-test
+. .venv-test/bin/activate
 python -m pip install -q -U pip
 # editable: the compiled twins land in sse_fast/, where the tests import them
 SSE_FAST_REQUIRE_EXTENSIONS=1 python -m pip install -q -e ".[test,bench,lint]"
