@@ -73,36 +73,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """A uvicorn (uvloop + httptools) subprocess serving ``tests/server_app.py``."""
+#: ``python -m sse_fast demo`` on the port ``Server`` picks
+DEMO_COMMAND = ["-m", "sse_fast", "demo", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
 
-    def __init__(self, impl: str = "cython", app: str = "tests.server_app:app") -> None:
+
+class Server:
+    """A server subprocess on a free 127.0.0.1 port: started, waited for, stopped.
+
+    By default uvicorn (uvloop + httptools) serving ``tests/server_app.py``;
+    ``command`` (``python`` arguments, ``{port}`` filled in) runs anything else,
+    e.g. ``DEMO_COMMAND``. ``impl="python"`` sets ``SSE_FAST_NO_EXTENSIONS=1``.
+    """
+
+    def __init__(self, impl: str = "cython", app: str = "tests.server_app:app",
+                 command: list[str] | None = None) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.pop("SSE_FAST_NO_EXTENSIONS", None)
         if impl == "python":
             env["SSE_FAST_NO_EXTENSIONS"] = "1"
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if command is None:
+            command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}",
+                       "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            [sys.executable] + [arg.replace("{port}", str(self.port)) for arg in command],
             cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + self.proc.stdout.read().decode())
+                raise RuntimeError("server exited: " + self.stop())
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.05)
         else:
-            self.stop()
-            raise RuntimeError("server did not start")
+            raise RuntimeError("server did not start: " + self.stop())
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> str:
+        """Terminate (kill after 10 s) and return what the server printed."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -14,10 +14,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import httpx
@@ -26,6 +22,8 @@ from starlette.applications import Starlette
 
 from sse_fast._demo_conformance import ROUTES, expected_event
 from sse_fast.testing import stream_app
+
+from .conftest import DEMO_COMMAND, Server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -103,56 +101,12 @@ def _require_browser():
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_server():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sse_fast",
-            "demo",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"demo server exited: {proc.stderr.read().decode(errors='replace')}"
-                )
-            try:
-                if httpx.get(f"{base}/conformance/log", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("demo server did not start within 20 s")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    """``python -m sse_fast demo`` in a subprocess; yields its base URL."""
+    srv = Server(command=DEMO_COMMAND)
+    yield srv.url
+    srv.stop()
 
 
 @pytest.mark.browser

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from sse_fast.demo import create_app
 from sse_fast.testing import stream_app
 
-from .conftest import ROOT, free_port
+from .conftest import DEMO_COMMAND, ROOT, Server
 
 
 def run(coro):
@@ -76,21 +77,11 @@ def test_unknown_backend():
 
 
 def test_cli_serves_the_demo():
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "sse_fast", "demo", "--port", str(port), "--log-level", "warning"],
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    srv = Server(command=DEMO_COMMAND)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "demo did not start"
-                time.sleep(0.1)
+        page = httpx.get(f"{srv.url}/", timeout=5)
         assert page.status_code == 200 and "new EventSource(\"/events\")" in page.text
-        with httpx.stream("GET", f"http://127.0.0.1:{port}/events?interval=0.05", timeout=5) as r:
+        with httpx.stream("GET", f"{srv.url}/events?interval=0.05", timeout=5) as r:
             got = b""
             for chunk in r.iter_raw():
                 got += chunk
@@ -98,9 +89,7 @@ def test_cli_serves_the_demo():
                     break
         assert got.startswith(b"id: 0\r\ndata: {\"n\":0,")
     finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+        srv.stop()
 
 
 def test_cli_rejects_a_bad_port():
@@ -111,29 +100,15 @@ def test_cli_rejects_a_bad_port():
 
 def test_cli_shutdown_ends_open_streams():
     """Under ``uvicorn.run(...)`` (the CLI) too, SIGTERM ends open streams and the process exits."""
-    import signal
-    import socket
-
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "sse_fast", "demo", "--port", str(port), "--log-level", "warning"],
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    srv = Server(command=DEMO_COMMAND)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "demo did not start"
-                time.sleep(0.1)
-        with sock:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
             sock.sendall(b"GET /events?interval=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
             data = b""
             while b"id: 1\r\n" not in data:
                 data += sock.recv(65536)
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            srv.proc.send_signal(signal.SIGTERM)
             while not data.endswith(b"0\r\n\r\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -141,10 +116,7 @@ def test_cli_shutdown_ends_open_streams():
                 data += chunk
         assert data.endswith(b"0\r\n\r\n")  # the chunked body was ended properly
         # uvicorn re-raises the signal it captured once it has shut down gracefully
-        assert proc.wait(10) in (0, -signal.SIGTERM)
+        assert srv.proc.wait(10) in (0, -signal.SIGTERM)
         assert time.monotonic() - t0 < 5
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        srv.stop()

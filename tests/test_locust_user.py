@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import DEMO_COMMAND, Server, free_port
+
 # find_spec, not importorskip: importing locust here would monkeypatch this
 # whole pytest process with gevent and hang the asyncio tests
 if importlib.util.find_spec("locust") is None:
@@ -196,40 +198,12 @@ def scripted() -> Iterator[Any]:
         server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo() -> Iterator[str]:
     """The demo app (sse_fast backend) under uvicorn in a subprocess; yields its base URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sse_fast", "demo", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"demo server did not start: {proc.stderr.read()!r}") from None
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stderr.close()
+    srv = Server(command=DEMO_COMMAND)
+    yield srv.url
+    srv.stop()
 
 
 # -- parsing and statistics against the scripted server -----------------------------------------
@@ -325,7 +299,7 @@ def test_rejected_stream_is_a_failure_and_not_retried(
 
 
 def test_connection_refused_is_a_connect_failure() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     out = run_user(f"http://127.0.0.1:{port}", attrs={"path": "/", "reconnect": False})
     (connect,) = rows(out, "/ connect")
     assert connect["error"].startswith("ConnectionRefusedError")
