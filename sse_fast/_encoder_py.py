@@ -21,6 +21,7 @@ __all__ = [
     "encode_fields",
     "encode_item",
     "check_sep",
+    "check_fields",
     "set_event_class",
 ]
 
@@ -67,26 +68,35 @@ def _single_line(text: str) -> str:
     return text
 
 
-def _check_retry(retry: Any) -> None:
-    if type(retry) is not int:
-        if isinstance(retry, bool) or not isinstance(retry, int):
+def check_fields(event: Any, id: Any, retry: Any) -> None:
+    """Check the typed fields of an event; ``None`` means absent and passes.
+
+    Raises:
+        TypeError: ``retry`` is not an ``int`` (``bool`` refused), or ``id`` /
+            ``event`` is not a ``str``.
+        ValueError: ``retry`` is negative (a client ignores a ``retry`` field
+            that is not all digits, WHATWG HTML 9.2.6).
+    """
+    if retry is not None:
+        if type(retry) is not int and (isinstance(retry, bool) or not isinstance(retry, int)):
             raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
-    if retry < 0:
-        raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
+        if retry < 0:
+            raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
+    if id is not None and not isinstance(id, str):
+        raise TypeError(f"id must be a str, got {id!r}")
+    if event is not None and not isinstance(event, str):
+        raise TypeError(f"event must be a str, got {event!r}")
 
 
 def _fields_str(data: Any, event: Any, id: Any, retry: Any, comment: Any, sep: str) -> str:
+    check_fields(event, id, retry)
     parts: list[str] = []
     if comment is not None:
         for line in _split(comment if type(comment) is str else str(comment)):
             parts.append(": " + line + sep)
     if id is not None:
-        if not isinstance(id, str):
-            raise TypeError(f"id must be a str, got {id!r}")
         parts.append("id: " + _single_line(id) + sep)
     if event is not None:
-        if not isinstance(event, str):
-            raise TypeError(f"event must be a str, got {event!r}")
         parts.append("event: " + _single_line(event) + sep)
     if data is not None:
         text = data if type(data) is str else str(data)
@@ -96,7 +106,6 @@ def _fields_str(data: Any, event: Any, id: Any, retry: Any, comment: Any, sep: s
         else:
             parts.append("data: " + text + sep)
     if retry is not None:
-        _check_retry(retry)
         parts.append("retry: " + str(retry) + sep)
     parts.append(sep)
     return "".join(parts)

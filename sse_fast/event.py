@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from . import _encoder
+from ._encoder_py import check_fields
 
 __all__ = ["ServerSentEvent", "JSONServerSentEvent", "ensure_bytes"]
 
@@ -52,15 +53,8 @@ class ServerSentEvent:
         comment: str | None = None,
         sep: str | None = None,
     ) -> None:
-        if retry is not None:
-            if isinstance(retry, bool) or not isinstance(retry, int):
-                raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
-            if retry < 0:
-                raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
-        if id is not None and not isinstance(id, str):
-            raise TypeError(f"id must be a str, got {id!r}")
-        if event is not None and not isinstance(event, str):
-            raise TypeError(f"event must be a str, got {event!r}")
+        if retry is not None or (id is not None and type(id) is not str) or (event is not None and type(event) is not str):
+            check_fields(event, id, retry)  # the encoder's own rules, checked early
         self.data = data
         self.event = event
         self.id = id

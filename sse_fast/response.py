@@ -252,10 +252,7 @@ class EventSourceResponse(Response):
         Raises:
             TypeError: not an int or float. ValueError: negative or NaN.
         """
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"ping must be a number of seconds (int or float), got {value!r}")
-        if value != value or value < 0:
-            raise ValueError(f"ping must be >= 0 seconds (0 disables pings), got {value!r}")
+        _check_seconds("ping", value, allow_none=False)
         self._ping_interval = value
 
     def enable_compression(self, force: bool = False) -> None:
