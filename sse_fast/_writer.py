@@ -308,7 +308,7 @@ class StreamWriter:
                         step, awaited, ready = self._deliver(exc, step, sending)
                         continue
                 if self._deadline_hit:
-                    raise SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s")
+                    raise self._timeout_error()
                 # 4. resume the pending send if its future is done
                 if sending is not None and (send_waits is None or send_waits.done()):
                     try:
@@ -364,14 +364,7 @@ class StreamWriter:
         pending = self._pending_send
         if pending is not None:
             self._pending_send = None
-            finish = _finish(*pending)
-            if self.send_timeout is None:
-                await finish
-            else:
-                try:
-                    await asyncio.wait_for(finish, self.send_timeout)
-                except asyncio.TimeoutError:
-                    raise SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s") from None
+            await self._within_deadline(_finish(*pending))
         if len(self.buffer):
             body = self.buffer.take()
             await self.send_with_deadline({"type": "http.response.body", "body": body, "more_body": True})
@@ -382,13 +375,20 @@ class StreamWriter:
         Raises:
             SendTimeoutError: the send did not complete in time.
         """
+        await self._within_deadline(self.send(message))
+
+    async def _within_deadline(self, sending: Any) -> None:
+        # outside the streaming loop (final sends only): asyncio's own timeout will do
         if self.send_timeout is None:
-            await self.send(message)
+            await sending
             return
         try:
-            await asyncio.wait_for(self.send(message), self.send_timeout)
+            await asyncio.wait_for(sending, self.send_timeout)
         except asyncio.TimeoutError:
-            raise SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s") from None
+            raise self._timeout_error() from None
+
+    def _timeout_error(self) -> SendTimeoutError:
+        return SendTimeoutError(f"send did not complete within send_timeout={self.send_timeout} s")
 
 
 async def _finish(coro: Any, waits: Any) -> None:
