@@ -258,3 +258,19 @@ def cpu_seconds(pid: int) -> float:
 
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
+
+
+def report(res: dict, table_fn, json_path: str | None) -> int:
+    """End of a benchmark script's ``main``: print ``table_fn(res)``, save ``res`` as JSON if asked.
+
+    Returns:
+        0, the script's exit status.
+    """
+    import json
+
+    print()
+    print(table_fn(res))
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0

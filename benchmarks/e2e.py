@@ -25,14 +25,13 @@ Rows (same generator for every row but ``raw``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import cpu_seconds, machine, pin_self, read_stream, server  # noqa: E402
+from _harness import cpu_seconds, machine, pin_self, read_stream, report, server  # noqa: E402
 
 ROWS = [
     # (label, query without n/size)
@@ -148,12 +147,7 @@ def main(argv=None) -> int:
         rows = [r for r in ROWS if any(k in r[0] for k in keys)]
     repeat = args.repeat or (1 if args.quick else 3)
     res = run(repeat=repeat, scale=0.1 if args.quick else 1.0, rows=rows)
-    print()
-    print(table(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
-    return 0
+    return report(res, table, args.json)
 
 
 if __name__ == "__main__":

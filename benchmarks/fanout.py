@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import resource
@@ -29,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
-from _harness import cpu_seconds, machine, pin_self, probe_status, request_bytes, server  # noqa: E402
+from _harness import cpu_seconds, machine, pin_self, probe_status, report, request_bytes, server  # noqa: E402
 
 IMPLS = ["sse_starlette", "sse_fast"]
 T_RE = re.compile(rb'"t":([0-9]+\.[0-9]+)')
@@ -209,12 +208,7 @@ def main(argv=None) -> int:
     streams = args.streams or (300 if args.quick else 1000)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
     res = run(streams, seconds, args.interval, args.size, args.impls.split(","))
-    print()
-    print(table(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
-    return 0
+    return report(res, table, args.json)
 
 
 if __name__ == "__main__":

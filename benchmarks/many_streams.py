@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import resource
 import sys
@@ -31,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
-from _harness import cpu_seconds, machine, pin_self, probe_status, request_bytes, server  # noqa: E402
+from _harness import cpu_seconds, machine, pin_self, probe_status, report, request_bytes, server  # noqa: E402
 
 IMPLS = ["sse_starlette", "sse_fast", "raw"]  # raw: the server floor (no pings)
 
@@ -200,12 +199,7 @@ def main(argv=None) -> int:
     counts = [int(x) for x in args.counts.split(",")] if args.counts else ([200, 1000] if args.quick else [1000, 5000])
     idle = args.idle if args.idle is not None else (15.0 if args.quick else 30.0)
     res = run(counts, idle, args.ping, args.impls.split(","))
-    print()
-    print(table(res))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
-    return 0
+    return report(res, table, args.json)
 
 
 if __name__ == "__main__":
