@@ -2,14 +2,15 @@
 
 The pure-Python twin (``_encoder_py``) is used when ``SSE_FAST_NO_EXTENSIONS``
 is set to a non-empty value other than ``0``, when the extension is not built
-(``ImportError``), or on an interpreter other than CPython. The variable is read
-once, at import.
+(``ImportError``), or on an interpreter other than CPython; then no compiled
+module is imported at all. The variable is read once, at import.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 
 from . import _encoder_py
 
@@ -28,19 +29,22 @@ if not NO_EXTENSIONS:
         _impl = _encoder_py
 
 EventBuffer = _impl.EventBuffer
+StreamBuffer = _impl.StreamBuffer
 encode_fields = _impl.encode_fields
 encode_item = _impl.encode_item
+ensure_bytes = _impl.ensure_bytes
+produce = _impl.produce
 check_sep = _impl.check_sep
 SEPARATORS = _impl.SEPARATORS
-pump = _impl.pump
-PUMP_FULL, PUMP_SUSPENDED, PUMP_END = _impl.PUMP_FULL, _impl.PUMP_SUSPENDED, _impl.PUMP_END
 
 
 def set_event_class(cls: type) -> None:
-    """Register ``ServerSentEvent`` with both twins (tests may use either)."""
+    """Register ``ServerSentEvent`` with the pure twin and with the compiled one if it is loaded.
+
+    A compiled twin imported later (tests, benchmarks) is registered by its
+    importer; with ``SSE_FAST_NO_EXTENSIONS=1`` nothing compiled is imported.
+    """
     _encoder_py.set_event_class(cls)
-    try:
-        from . import _encoder_c
-    except ImportError:
-        return
-    _encoder_c.set_event_class(cls)
+    compiled = sys.modules.get(__package__ + "._encoder_c")
+    if compiled is not None:
+        compiled.set_event_class(cls)

@@ -1,11 +1,10 @@
 # Type stub of the compiled encoder twin: same names and signatures as the pure twin.
-from ._encoder_py import PUMP_END as PUMP_END
-from ._encoder_py import PUMP_FULL as PUMP_FULL
-from ._encoder_py import PUMP_SUSPENDED as PUMP_SUSPENDED
 from ._encoder_py import SEPARATORS as SEPARATORS
 from ._encoder_py import EventBuffer as EventBuffer
+from ._encoder_py import StreamBuffer as StreamBuffer
 from ._encoder_py import check_sep as check_sep
 from ._encoder_py import encode_fields as encode_fields
 from ._encoder_py import encode_item as encode_item
-from ._encoder_py import pump as pump
+from ._encoder_py import ensure_bytes as ensure_bytes
+from ._encoder_py import produce as produce
 from ._encoder_py import set_event_class as set_event_class

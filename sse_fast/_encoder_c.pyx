@@ -17,7 +17,10 @@ from libc.string cimport memcpy, memchr
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
-__all__ = ["SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class"]
+__all__ = [
+    "SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class",
+    "ensure_bytes", "StreamBuffer", "produce",
+]
 
 SEPARATORS = ("\r\n", "\r", "\n")
 
@@ -30,6 +33,7 @@ cdef str K_EVENT = "event"
 cdef str K_ID = "id"
 cdef str K_RETRY = "retry"
 cdef str K_COMMENT = "comment"
+cdef str K_SEP = "sep"
 
 
 def set_event_class(cls):
@@ -37,6 +41,15 @@ def set_event_class(cls):
     global _event_class, _event_encode
     _event_class = cls
     _event_encode = cls.encode
+
+
+cdef load_event_class():
+    # this module was imported directly (a test, a benchmark), not through the
+    # chooser that registers the class: register it now
+    import sys
+    event = sys.modules.get("sse_fast.event")
+    if event is not None:
+        set_event_class(event.ServerSentEvent)
 
 
 def check_sep(sep):
@@ -158,7 +171,7 @@ cdef inline str as_text(object o):
 cdef str check_retry(object retry):
     if type(retry) is not int:
         if isinstance(retry, bool) or not isinstance(retry, int):
-            raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
+            raise TypeError(f"retry argument must be int (milliseconds), got {retry!r}")
     if retry < 0:
         raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
     return str(int(retry))
@@ -228,6 +241,8 @@ cdef int write_dict(Buf* b, dict item, str sep) except -1:
             retry = <object>v
         elif k == <PyObject*>K_COMMENT:
             comment = <object>v
+        elif k == <PyObject*>K_SEP:
+            pass  # the response's separator wins (see _encoder_py._DICT_KEYS)
         else:
             key = <object>k
             if key == K_DATA:
@@ -240,8 +255,12 @@ cdef int write_dict(Buf* b, dict item, str sep) except -1:
                 retry = <object>v
             elif key == K_COMMENT:
                 comment = <object>v
+            elif key == K_SEP:
+                pass
             else:
-                raise TypeError(f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment")
+                raise TypeError(
+                    f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment (and sep, ignored)"
+                )
     return write_fields(b, data, event, id, retry, comment, sep)
 
 
@@ -266,6 +285,8 @@ cdef int write_item(Buf* b, object item, str sep) except -1:
         return write_dict(b, <dict>item, sep)
     if tp is str:
         return write_fields(b, item, None, None, None, None, sep)
+    if _event_class is None:
+        load_event_class()
     if _event_class is not None and isinstance(item, _event_class):
         if tp.encode is _event_encode:
             return write_fields(b, item.data, item.event, item.id, item.retry, item.comment, item._sep)
@@ -284,7 +305,7 @@ cdef class EventBuffer:
     cdef public str sep
     cdef public Py_ssize_t count
 
-    def __cinit__(self, sep="\r\n"):
+    def __cinit__(self, *args, **kwargs):
         self.buf.data = NULL
         self.buf.size = 0
         self.buf.cap = 0
@@ -396,54 +417,71 @@ def encode_item(item, str sep="\r\n"):
         return item
     if tp is bytearray or tp is memoryview:
         return bytes(item)
+    if _event_class is None:
+        load_event_class()
     if _event_class is not None and isinstance(item, _event_class) and tp.encode is not _event_encode:
         return bytes(item.encode())
     return encode_into_bytes(item, None, None, None, None, None, sep, MODE_ITEM)
 
 
-PUMP_FULL = 0
-PUMP_SUSPENDED = 1
-PUMP_END = 2
-
-cdef extern from "Python.h":
-    ctypedef enum PySendResult:
-        PYGEN_RETURN
-        PYGEN_ERROR
-        PYGEN_NEXT
-    PySendResult PyIter_Send(object iter, object arg, PyObject** presult)
-    void Py_DECREF(PyObject*)
+def ensure_bytes(data, sep):
+    """Turn one content item into event stream bytes (see ``_encoder_py.ensure_bytes``)."""
+    if type(sep) is not str or (sep != "\r\n" and sep != "\n" and sep != "\r"):
+        check_sep(sep)
+    return encode_item(data, sep)
 
 
-def pump(anext, EventBuffer buf, Py_ssize_t high, step=None):
-    """Pull every ready item into ``buf`` without suspending (see ``_encoder_py.pump``)."""
-    cdef PyObject* res
-    cdef PySendResult r
-    cdef object value
-    while True:
-        if step is None:
-            step = anext()
-        res = NULL
-        r = PyIter_Send(step, None, &res)
-        if r == PYGEN_RETURN:
-            value = <object>res
-            Py_DECREF(res)
-            step = None
-            write_item(&buf.buf, value, buf.sep)
-            buf.count += 1
-            if buf.buf.size >= high:
-                return (PUMP_FULL, None, None)
-            continue
-        if r == PYGEN_NEXT:
-            value = <object>res
-            Py_DECREF(res)
-            return (PUMP_SUSPENDED, step, value)
-        # PYGEN_ERROR: an exception is set
-        try:
-            raise_current()
-        except StopAsyncIteration:
-            return (PUMP_END, None, None)
+cdef class StreamBuffer(EventBuffer):
+    """An ``EventBuffer`` shared by one stream's producer and writer task (see ``_encoder_py.StreamBuffer``)."""
+    cdef public Py_ssize_t high
+    cdef public Py_ssize_t inflight
+    cdef public object wake
+    cdef public object room
+    cdef public bint stopping
+    cdef public bint closing
+    cdef public object loop
+
+    def __init__(self, sep="\r\n", high=65536, loop=None):
+        self.sep = check_sep(sep)
+        self.high = high
+        self.inflight = 0
+        self.wake = None
+        self.room = None
+        self.stopping = False
+        self.closing = False
+        self.loop = loop
+
+    cpdef notify(self):
+        """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
+        cdef object fut = self.wake
+        if fut is not None:
+            self.wake = None
+            if not fut.done():
+                fut.set_result(None)
+
+    cpdef room_made(self):
+        """Wake the producer if it awaits room (called by the writer after a send)."""
+        cdef object fut = self.room
+        if fut is not None:
+            self.room = None
+            if not fut.done():
+                fut.set_result(None)
 
 
-cdef int raise_current() except -1:
-    # the error indicator is already set by PyIter_Send: report it
-    return -1
+async def produce(iterator, StreamBuffer sb):
+    """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task (see ``_encoder_py.produce``)."""
+    cdef object fut
+    async for item in iterator:
+        write_item(&sb.buf, item, sb.sep)
+        sb.count += 1
+        if sb.stopping:
+            return
+        fut = sb.wake
+        if fut is not None:
+            sb.wake = None
+            if not fut.done():
+                fut.set_result(None)
+        if sb.buf.size + sb.inflight >= sb.high:
+            fut = sb.loop.create_future()
+            sb.room = fut
+            await fut

@@ -23,6 +23,9 @@ __all__ = [
     "check_sep",
     "check_fields",
     "set_event_class",
+    "ensure_bytes",
+    "StreamBuffer",
+    "produce",
 ]
 
 _event_class: Any = None
@@ -79,7 +82,8 @@ def check_fields(event: Any, id: Any, retry: Any) -> None:
     """
     if retry is not None:
         if type(retry) is not int and (isinstance(retry, bool) or not isinstance(retry, int)):
-            raise TypeError(f"retry must be an int (milliseconds), got {retry!r}")
+            # "retry argument must be int": sse-starlette's words, which callers match on
+            raise TypeError(f"retry argument must be int (milliseconds), got {retry!r}")
         if retry < 0:
             raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
     if id is not None and not isinstance(id, str):
@@ -155,11 +159,15 @@ def _dict_str(item: dict, sep: str) -> str:
     for key in item:
         if key not in _DICT_KEYS:
             # the same TypeError as ServerSentEvent(**item) would raise
-            raise TypeError(f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment")
+            raise TypeError(
+                f"event dict has an unexpected key {key!r}; allowed: data, event, id, retry, comment (and sep, ignored)"
+            )
     return _fields_str(get("data"), get("event"), get("id"), get("retry"), get("comment"), sep)
 
 
-_DICT_KEYS = frozenset(("data", "event", "id", "retry", "comment"))
+# "sep" is accepted and ignored: the response's separator wins, as in
+# sse-starlette 3.7's ``ServerSentEvent(**{**item, "sep": sep})``
+_DICT_KEYS = frozenset(("data", "event", "id", "retry", "comment", "sep"))
 
 
 def _item_str(item: Any, sep: str) -> str:
@@ -282,47 +290,100 @@ class EventBuffer:
         self.count = 0
 
 
-#: ``pump`` results
-PUMP_FULL = 0  # the buffer reached its bound: flush before asking for more
-PUMP_SUSPENDED = 1  # the producer is waiting on something: flush, then wait for it
-PUMP_END = 2  # the iterator is exhausted
+def ensure_bytes(data: Any, sep: str) -> bytes:
+    """Turn one content item into event stream bytes (``sse_starlette.sse.ensure_bytes``).
 
-
-def pump(anext: Any, buf: EventBuffer, high: int, step: Any = None) -> tuple[int, Any, Any]:
-    """Pull every item the producer has ready into ``buf``, without suspending.
-
-    Drives the producer's ``__anext__()`` coroutines by hand: an item that is
-    ready (the coroutine returns at once) is encoded straight into the buffer;
-    the first step that would suspend is handed back unfinished so the caller
-    can flush before waiting for it (no timer delay for a slow producer).
-
-    Args:
-        anext: the async iterator's bound ``__anext__``.
-        buf: the batch buffer.
-        high: buffer size in bytes at which to stop and let the caller flush.
-        step: a suspended ``__anext__()`` coroutine whose awaited object is
-            done, to resume first; ``None`` to start a new one.
-
-    Returns:
-        ``(PUMP_FULL, None, None)``, ``(PUMP_END, None, None)``, or
-        ``(PUMP_SUSPENDED, step, awaited)`` where ``awaited`` is what the
-        coroutine yielded (an asyncio future, or ``None`` for a bare yield).
+    ``bytes``/``bytearray``/``memoryview`` pass through as ``bytes``; a
+    ``ServerSentEvent`` is encoded with its own separator; a ``dict`` is taken
+    as ``ServerSentEvent(**data, sep=sep)`` (a ``sep`` key in it is overridden,
+    the dict is not modified); anything else becomes
+    ``ServerSentEvent(str(data), sep=sep)``.
 
     Raises:
-        Whatever the iterator or the encoder raises.
+        ValueError: ``sep`` is not one of ``"\\r\\n"``, ``"\\r"``, ``"\\n"``.
+        TypeError: a dict key that is not an event field, or a bad field value.
     """
-    append = buf.append
-    while True:
-        if step is None:
-            step = anext()
-        try:
-            awaited = step.send(None)
-        except StopIteration as stop:
-            step = None
-            append(stop.value)
-            if len(buf) >= high:
-                return PUMP_FULL, None, None
-            continue
-        except StopAsyncIteration:
-            return PUMP_END, None, None
-        return PUMP_SUSPENDED, step, awaited
+    if sep != "\r\n" and sep != "\n" and sep != "\r":
+        check_sep(sep)
+    return encode_item(data, sep)
+
+
+class StreamBuffer(EventBuffer):
+    """An ``EventBuffer`` shared by one stream's producer and its writer task.
+
+    The producer (``produce``, in the response's task) appends events; the
+    writer task takes everything buffered and sends it as one
+    ``http.response.body``. All of it runs on the event loop's thread, so
+    there is no lock: the fields below are the whole protocol.
+
+    Args:
+        sep: line terminator for items without their own.
+        high: bytes (buffered plus ``inflight``) at which the producer awaits
+            room: the bound on what one stream holds (``max_buffer_bytes``).
+        loop: the event loop the futures belong to.
+
+    Attributes:
+        inflight: bytes of the ``send()`` in progress (set by the writer).
+        wake: the writer's idle future while it waits for data, else ``None``.
+        room: the producer's future while it awaits room, else ``None``.
+        stopping: set when the stream is asked to stop; ``produce`` returns
+            after the item it is appending.
+        closing: set when nothing more will be appended; the writer ends once
+            the buffer is empty.
+    """
+
+    __slots__ = ("high", "inflight", "wake", "room", "stopping", "closing", "loop")
+
+    def __init__(self, sep: str = "\r\n", high: int = 65536, loop: Any = None) -> None:
+        super().__init__(sep)
+        self.high = high
+        self.inflight = 0
+        self.wake: Any = None
+        self.room: Any = None
+        self.stopping = False
+        self.closing = False
+        self.loop = loop
+
+    def notify(self) -> None:
+        """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
+        fut = self.wake
+        if fut is not None:
+            self.wake = None
+            if not fut.done():
+                fut.set_result(None)
+
+    def room_made(self) -> None:
+        """Wake the producer if it awaits room (called by the writer after a send)."""
+        fut = self.room
+        if fut is not None:
+            self.room = None
+            if not fut.done():
+                fut.set_result(None)
+
+
+async def produce(iterator: Any, sb: StreamBuffer) -> None:
+    """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task.
+
+    Each item is encoded into the buffer and the writer task is notified; the
+    writer runs when this task next suspends, so items that are ready together
+    leave in one send. At ``sb.high`` bytes (buffered plus in flight) this
+    coroutine awaits room. It returns when the iterator is exhausted or, after
+    the current item, when ``sb.stopping`` is set.
+
+    Raises:
+        Whatever the iterator or the encoder raises; ``CancelledError`` when
+        the task is cancelled while waiting (in the iterator or for room).
+    """
+    append = sb.append
+    async for item in iterator:
+        append(item)
+        if sb.stopping:
+            return
+        fut = sb.wake
+        if fut is not None:
+            sb.wake = None
+            if not fut.done():
+                fut.set_result(None)
+        if len(sb) + sb.inflight >= sb.high:
+            fut = sb.room = sb.loop.create_future()
+            await fut

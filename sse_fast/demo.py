@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -147,7 +147,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
             n = start
             while True:
                 now = time.time()
-                data = {"n": n, "t": now, "time": datetime.fromtimestamp(now, timezone.utc).isoformat()}
+                data = {"n": n, "t": now, "time": datetime.fromtimestamp(now, UTC).isoformat()}
                 yield {"data": json.dumps(data, separators=(",", ":")), "id": str(n)}
                 n += 1
                 await asyncio.sleep(interval)

@@ -1,10 +1,13 @@
 """``EventSourceResponse``: a Starlette response that streams an event stream.
 
 Drop-in for ``sse_starlette.sse.EventSourceResponse`` (same arguments, same
-bytes on the wire), built lean: per connection one task of its own (the
-caller's) that runs the batching writer, plus one that awaits ``receive()``
-for ``http.disconnect``. Pings and send deadlines are loop timers; shutdown
-comes from one registry per event loop (``_shutdown``).
+bytes on the wire), built lean: per connection, on asyncio, three tasks: the
+response's own, which runs the user's iterator with ``async for`` (the
+producer), the writer task that sends batches, and one that awaits
+``receive()`` for ``http.disconnect`` (plus ``data_sender_callable``'s when
+given). Pings and send deadlines are loop timers; shutdown comes from one
+registry per event loop (``_shutdown``). Under anyio's trio backend the
+generic writer (``_writer_anyio``) serves the same contract.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import anyio
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
@@ -27,16 +31,14 @@ from ._writer import (
     STOP_SHUTDOWN,
     SendTimeoutError,
     StreamWriter,
-    _StopStream,
+    timeout_error,
 )
+from ._writer_anyio import GenericStream
 from .event import ServerSentEvent
 
 __all__ = ["EventSourceResponse", "SendTimeoutError", "AppStatus"]
 
 logger = logging.getLogger("sse_fast")
-
-_timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
-
 
 async def _agen() -> Any:
     yield None
@@ -74,14 +76,15 @@ def _build_raw_headers(headers: Mapping[str, str] | None, media_type: str | None
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool, allow_zero: bool = True) -> None:
+    """Check a duration argument; the messages keep sse-starlette's words ("NAME must be >= 0")."""
     if value is None:
         if allow_none:
             return
-        raise TypeError(f"{name} must be a number of seconds, got None")
+        raise TypeError(f"{name} must be int or float (seconds), got None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds (int or float), got {value!r}")
+        raise TypeError(f"{name} must be int or float (seconds), got {value!r}")
     if value != value or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} (seconds), got {value!r}")
 
 
 def _denial_send(send: Send) -> Send:
@@ -101,11 +104,10 @@ def _denial_send(send: Send) -> Send:
 class _Stream:
     """Per-request state, registered with the loop's shutdown registry."""
 
-    __slots__ = ("writer", "task", "shutdown_event", "grace", "loop", "grace_handle", "__weakref__")
+    __slots__ = ("writer", "shutdown_event", "grace", "loop", "grace_handle", "__weakref__")
 
-    def __init__(self, writer: StreamWriter, task: Any, shutdown_event: Any, grace: float, loop: Any) -> None:
+    def __init__(self, writer: StreamWriter, shutdown_event: Any, grace: float, loop: Any) -> None:
         self.writer = writer
-        self.task = task
         self.shutdown_event = shutdown_event
         self.grace = grace
         self.loop = loop
@@ -164,6 +166,8 @@ class EventSourceResponse(Response):
 
     DEFAULT_PING_INTERVAL = 15
     DEFAULT_SEPARATOR = "\r\n"
+    #: seconds allowed for the iterator's ``aclose()`` after a failure
+    DEFAULT_CLEANUP_TIMEOUT = 30.0
 
     def __init__(
         self,
@@ -180,7 +184,7 @@ class EventSourceResponse(Response):
         client_close_handler_callable: Callable[[Message], Awaitable[None]] | None = None,
         shutdown_event: Any = None,
         shutdown_grace_period: float = 0,
-        cleanup_timeout: float | None = 30.0,
+        cleanup_timeout: float | None = DEFAULT_CLEANUP_TIMEOUT,
         *,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         ping_when_idle: bool = False,
@@ -252,7 +256,7 @@ class EventSourceResponse(Response):
         Raises:
             TypeError: not an int or float. ValueError: negative or NaN.
         """
-        _check_seconds("ping", value, allow_none=False)
+        _check_seconds("ping interval", value, allow_none=False)
         self._ping_interval = value
 
     def enable_compression(self, force: bool = False) -> None:
@@ -267,17 +271,44 @@ class EventSourceResponse(Response):
         if scope["type"] == "websocket":
             send = _denial_send(send)
         headers = self._raw_headers_h2 if scope.get("http_version") == "2" else self.raw_headers
-        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
-        if scope.get("method") == "HEAD":
-            # headers only; the iterator is never started
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            if self.background is not None:
-                await self.background()
+        start = {"type": "http.response.start", "status": self.status_code, "headers": headers}
+        method = scope.get("method")
+        if scope["type"] == "http" and isinstance(method, str) and method.upper() == "HEAD":
+            await self._head(send, start)
             return
+        iterator = self.body_iterator.__aiter__()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no asyncio loop: anyio's trio backend
+            await self._call_generic(receive, send, start, iterator)
+        else:
+            await self._call_asyncio(loop, receive, send, start, iterator)
+        if self.background is not None:
+            await self.background()
 
-        loop = asyncio.get_running_loop()
+    async def _head(self, send: Send, start: Message) -> None:
+        # headers only, the iterator is never started (sse-starlette #218);
+        # send_timeout bounds both sends
+        await self._send_within_timeout(send, start)
+        await self._send_within_timeout(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()
+
+    async def _send_within_timeout(self, send: Send, message: Message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+            return
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await send(message)
+        except TimeoutError:
+            raise timeout_error(self.send_timeout) from None
+
+    async def _call_asyncio(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send,
+                            start: Message, iterator: Any) -> None:
         writer = StreamWriter(
             send,
+            loop,
             sep=self.sep,
             send_timeout=self.send_timeout,
             ping=self._ping_interval,
@@ -286,43 +317,25 @@ class EventSourceResponse(Response):
             max_buffer_bytes=self.max_buffer_bytes,
         )
         registry = registry_for(loop)
-        stream = _Stream(writer, asyncio.current_task(), self._shutdown_event, self._shutdown_grace_period, loop)
+        stream = _Stream(writer, self._shutdown_event, self._shutdown_grace_period, loop)
         registry.add(stream)
+        # the listener and the data sender start before the start message is
+        # sent: a data sender may be what lets a pending start complete
         listener = loop.create_task(self._listen_for_disconnect(receive, writer))
         sender = None
         if self.data_sender_callable is not None:
             sender = loop.create_task(self._run_data_sender(writer))
-        iterator = self.body_iterator.__aiter__()
         self.active = True
         try:
             if registry.exiting:
                 stream.on_shutdown()
-            writer.start_pings(loop)
             try:
+                await send(start)
                 await writer.run(iterator)
-            except _StopStream:
-                pass
-            except SendTimeoutError:  # a TimeoutError, hence an OSError: not a disconnect
+            finally:
+                # runs the generator's finally when it is suspended at a yield;
+                # also closes a memory object stream given as content
                 await self._close_iterator(iterator)
-                raise
-            except OSError:
-                # ASGI 2.4 servers raise OSError from send() once the client is gone
-                writer.stop_reason = STOP_DISCONNECT
-            except BaseException:
-                await self._close_iterator(iterator)
-                raise
-            if writer.stop_reason != STOP_DISCONNECT:
-                try:
-                    if writer.stop_reason == STOP_SHUTDOWN:
-                        # what was produced before the shutdown still goes out
-                        await writer.flush_and_close()
-                    await writer.send_with_deadline({"type": "http.response.body", "body": b"", "more_body": False})
-                except SendTimeoutError:
-                    raise
-                except OSError:  # the client left meanwhile
-                    pass
-            # also after a normal end: closes a memory object stream given as content
-            await self._close_iterator(iterator)
         finally:
             self.active = False
             writer.close()
@@ -333,13 +346,33 @@ class EventSourceResponse(Response):
                 sender.cancel()
             await self._finish_listener(listener, writer)
             if sender is not None:
-                await asyncio.gather(sender, return_exceptions=True)
-        if sender is not None and sender.done() and not sender.cancelled():
+                await asyncio.wait((sender,))
+            w = writer.writer_task
+            if w is not None and not w.done():
+                await asyncio.wait((w,))
+        if sender is not None and not sender.cancelled():
             exc = sender.exception()
             if exc is not None:
                 raise exc
-        if self.background is not None:
-            await self.background()
+
+    async def _call_generic(self, receive: Receive, send: Send, start: Message, iterator: Any) -> None:
+        stream = GenericStream(
+            send,
+            sep=self.sep,
+            send_timeout=self.send_timeout,
+            ping=self._ping_interval,
+            ping_factory=self.ping_message_factory,
+            max_buffer_bytes=self.max_buffer_bytes,
+            close_handler=self.client_close_handler_callable,
+            data_sender=self.data_sender_callable,
+        )
+        self.active = True
+        try:
+            await stream.run(receive, iterator, start)
+        finally:
+            self.active = False
+            with anyio.CancelScope(shield=True):
+                await self._close_iterator(iterator)
 
     async def _listen_for_disconnect(self, receive: Receive, writer: StreamWriter) -> None:
         while True:
@@ -376,6 +409,7 @@ class EventSourceResponse(Response):
             raise
 
     async def _close_iterator(self, iterator: Any) -> None:
+        """``aclose()`` the iterator within ``cleanup_timeout`` seconds; failures are logged, not raised."""
         if type(iterator) is _ASYNC_GEN and iterator.ag_frame is None:
             return  # finished already: nothing to close
         aclose = getattr(iterator, "aclose", None)
@@ -384,12 +418,10 @@ class EventSourceResponse(Response):
         try:
             if self._cleanup_timeout is None:
                 await aclose()
-            elif _timeout is not None:
-                async with _timeout(self._cleanup_timeout):  # no extra task
-                    await aclose()
             else:
-                await asyncio.wait_for(aclose(), self._cleanup_timeout)
-        except asyncio.TimeoutError:
+                with anyio.fail_after(self._cleanup_timeout):
+                    await aclose()
+        except TimeoutError:
             logger.warning("content iterator did not close within cleanup_timeout=%s s", self._cleanup_timeout)
         except RuntimeError as exc:
             # "asynchronous generator is already running": it is being closed elsewhere

@@ -179,7 +179,7 @@ class AppStream:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"no {what} within {timeout} s") from None
 
     async def next_event(self, timeout: float | None = 5.0) -> Event:

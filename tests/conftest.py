@@ -55,7 +55,7 @@ def load_twin(name: str):
     return importlib.import_module("sse_fast._encoder_c")  # ImportError fails the test
 
 
-_NAMES = ("EventBuffer", "encode_fields", "encode_item", "check_sep", "pump")
+_NAMES = ("EventBuffer", "StreamBuffer", "encode_fields", "encode_item", "ensure_bytes", "check_sep", "produce")
 
 
 @pytest.fixture(params=twin_params())

@@ -143,7 +143,9 @@ def test_buffer_large(impl):
     assert buf.take() == b"data: after\n\n"
 
 
-def test_pump(impl):
+def test_produce_batches_until_the_producer_suspends(impl):
+    """Items ready together are one batch; the writer is woken once, when the producer suspends."""
+
     async def producer():
         for i in range(3):
             yield {"data": i}
@@ -151,38 +153,103 @@ def test_pump(impl):
         yield "late"
 
     async def main():
-        it = producer()
-        buf = impl.EventBuffer("\n")
-        state, step, awaited = impl.pump(it.__anext__, buf, 1 << 20)
-        assert state == impl.PUMP_SUSPENDED
-        assert buf.take() == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-        awaited._asyncio_future_blocking = False
-        await asyncio.wait([awaited])
-        state, step, awaited = impl.pump(it.__anext__, buf, 1 << 20, step)
-        assert state == impl.PUMP_END
-        assert buf.take() == b"data: late\n\n"
+        loop = asyncio.get_running_loop()
+        sb = impl.StreamBuffer("\n", 1 << 20, loop)
+        batches = []
 
-        it2 = producer()
-        state, _, _ = impl.pump(it2.__anext__, buf, 5)
-        assert state == impl.PUMP_FULL
-        assert buf.take() == b"data: 0\n\n"
-        await it2.aclose()
+        async def writer():
+            while True:
+                if len(sb):
+                    batches.append(sb.take())
+                    continue
+                if sb.closing:
+                    return
+                sb.wake = loop.create_future()
+                await sb.wake
+
+        w = loop.create_task(writer())
+        await asyncio.sleep(0)  # the writer waits
+        await impl.produce(producer(), sb)
+        sb.closing = True
+        sb.notify()
+        await w
+        assert batches == [b"data: 0\n\ndata: 1\n\ndata: 2\n\n", b"data: late\n\n"]
 
     asyncio.run(main())
 
 
-def test_pump_propagates_errors(impl):
+def test_produce_awaits_room_at_the_bound(impl):
+    """At ``high`` bytes (buffered plus in flight) the producer waits for ``room_made()``."""
+
+    async def producer():
+        for _ in range(10):
+            yield "x"  # 9 bytes each with sep "\n"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sb = impl.StreamBuffer("\n", 20, loop)
+        sb.inflight = 5
+        task = loop.create_task(impl.produce(producer(), sb))
+        await asyncio.sleep(0.01)
+        assert len(sb) == 18 and sb.room is not None and not task.done()  # 18 + 5 >= 20
+        sb.take()
+        sb.inflight = 0
+        sb.room_made()
+        await asyncio.sleep(0.01)
+        assert len(sb) == 27 and not task.done()  # 9 + 9 < 20, then 27 >= 20
+        seen = 2  # the 3 buffered now are counted by the first take below
+        while not task.done():
+            seen += len(sb.take()) // 9
+            sb.room_made()
+            await asyncio.sleep(0)
+        seen += len(sb.take()) // 9
+        assert seen == 10
+
+    asyncio.run(main())
+
+
+def test_produce_stops_after_the_current_item(impl):
+    async def producer():
+        for i in range(5):
+            yield str(i)
+
+    async def main():
+        sb = impl.StreamBuffer("\n", 1 << 20, asyncio.get_running_loop())
+        sb.stopping = True
+        await impl.produce(producer(), sb)
+        assert sb.take() == b"data: 0\n\n"
+
+    asyncio.run(main())
+
+
+def test_produce_propagates_errors(impl):
     async def producer():
         yield "a"
         raise KeyError("k")
 
     async def main():
-        buf = impl.EventBuffer("\n")
+        sb = impl.StreamBuffer("\n", 1 << 20, asyncio.get_running_loop())
         with pytest.raises(KeyError):
-            impl.pump(producer().__anext__, buf, 1 << 20)
-        assert buf.take() == b"data: a\n\n"
+            await impl.produce(producer(), sb)
+        assert sb.take() == b"data: a\n\n"
 
     asyncio.run(main())
+
+
+def test_stream_buffer_refuses_a_bad_sep(impl):
+    with pytest.raises(ValueError, match="sep"):
+        impl.StreamBuffer("x", 10, None)
+
+
+@pytest.mark.parametrize("sep", SEPS)
+def test_ensure_bytes_dict_sep_key_is_overridden(impl, sep):
+    """sse-starlette 3.7 builds ``ServerSentEvent(**{**item, "sep": sep})``: the argument wins."""
+    item = {"data": "foo", "sep": "\r\n"}
+    assert impl.ensure_bytes(item, sep) == f"data: foo{sep}{sep}".encode()
+    assert impl.ensure_bytes(item, sep) == ref_ensure_bytes(dict(item), sep)
+    assert item == {"data": "foo", "sep": "\r\n"}
+    with pytest.raises(ValueError, match="sep"):
+        impl.ensure_bytes("x", "\t")
 
 
 # -- equivalence with sse-starlette 3.7, property based ----------------------

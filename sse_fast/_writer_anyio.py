@@ -1,0 +1,211 @@
+"""The generic writer: any async library anyio runs on (trio; asyncio when asked).
+
+The asyncio writer (``_writer``) leans on asyncio's loop timers and
+``Task.cancel()``/``uncancel()``; under anyio's trio backend there is no
+asyncio loop, so this path uses anyio's primitives instead: a task group with
+the producer in the response's task, a writer task, a ping task and the
+disconnect listener; ``anyio.fail_after`` bounds each send. Same bytes, same
+batching rule (items ready together leave in one send), same stop semantics;
+not tuned for speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from . import _encoder
+from ._writer import (
+    STOP_DISCONNECT,
+    STOP_ERROR,
+    STOP_SHUTDOWN,
+    default_ping,
+    timeout_error,
+)
+
+__all__ = ["GenericStream"]
+
+
+class GenericStream:
+    """One event stream written with anyio primitives (see the module docstring).
+
+    Args:
+        send: the ASGI ``send`` callable.
+        sep: line terminator for items without their own.
+        send_timeout: seconds a send may take, or ``None``.
+        ping: seconds between pings; ``0`` for none.
+        ping_factory: returns the ``ServerSentEvent`` sent as a ping, or ``None``.
+        max_buffer_bytes: bytes one stream may hold (buffered plus in flight).
+        close_handler: awaited with the ``http.disconnect`` message, or ``None``.
+        data_sender: a coroutine function run beside the stream, or ``None``.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        *,
+        sep: str,
+        send_timeout: float | None,
+        ping: float,
+        ping_factory: Callable[[], Any] | None,
+        max_buffer_bytes: int,
+        close_handler: Callable[[dict[str, Any]], Awaitable[None]] | None,
+        data_sender: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.send = send
+        self.sep = sep
+        self.send_timeout = send_timeout
+        self.ping = ping
+        self.ping_factory = ping_factory
+        self.high = max_buffer_bytes
+        self.close_handler = close_handler
+        self.data_sender = data_sender
+        self.buffer = _encoder.EventBuffer(sep)
+        self.inflight = 0
+        self.closing = False
+        #: ``None`` while streaming, else why it stopped (``_writer.STOP_*``)
+        self.stop_reason: str | None = None
+        self.error: BaseException | None = None
+        self._data_ready = anyio.Event()
+        self._room = anyio.Event()
+        self._writer_done = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+
+    def stop(self, reason: str) -> None:
+        """End the stream: the producer and every helper task are cancelled."""
+        if self.stop_reason is None or reason == STOP_DISCONNECT:
+            self.stop_reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop(STOP_ERROR)
+
+    def _notify(self) -> None:
+        self._data_ready.set()
+
+    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]], iterator: Any,
+                  start: dict[str, Any]) -> None:
+        """Send ``start``, stream ``iterator``, end the body; return when done or stopped.
+
+        Raises:
+            SendTimeoutError: a send did not complete within ``send_timeout``.
+            Whatever the iterator, the encoder, ``send``, the ping factory or
+            the data sender raises, as itself (never an ``ExceptionGroup``).
+        """
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                tg.start_soon(self._listen, receive)
+                if self.data_sender is not None:
+                    tg.start_soon(self._run_data_sender)
+                await self.send(start)
+                tg.start_soon(self._write_loop)
+                if self.ping > 0:
+                    tg.start_soon(self._ping_loop)
+                try:
+                    await self._produce(iterator)
+                except Exception as exc:
+                    failure = exc  # raised after what came before it is sent
+                self.closing = True
+                self._notify()
+                await self._writer_done.wait()
+                if self.error is None and failure is None:
+                    await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # anyio wraps task failures; the caller gets the exception itself
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        if self.stop_reason == STOP_SHUTDOWN and self.error is None and failure is None:
+            # the producer was cancelled by shutdown: send what it made, then end the body
+            with anyio.CancelScope(shield=True):
+                if len(self.buffer):
+                    await self._send_checked(
+                        {"type": "http.response.body", "body": self.buffer.take(), "more_body": True}
+                    )
+                await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.error is not None:
+            raise self.error
+        if failure is not None:
+            raise failure
+
+    async def _produce(self, iterator: Any) -> None:
+        buf = self.buffer
+        async for item in iterator:
+            buf.append(item)
+            self._notify()
+            while len(buf) + self.inflight >= self.high:
+                self._room = anyio.Event()
+                await self._room.wait()
+
+    async def _write_loop(self) -> None:
+        buf = self.buffer
+        try:
+            while True:
+                if not len(buf):
+                    if self.closing:
+                        return
+                    self._data_ready = anyio.Event()
+                    await self._data_ready.wait()
+                    continue
+                body = buf.take()
+                self.inflight = len(body)
+                try:
+                    await self._send_checked({"type": "http.response.body", "body": body, "more_body": True})
+                except OSError as exc:
+                    if isinstance(exc, TimeoutError):
+                        raise
+                    self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
+                    return
+                self.inflight = 0
+                self._room.set()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._writer_done.set()
+
+    async def _send_checked(self, message: dict[str, Any]) -> None:
+        if self.send_timeout is None:
+            await self.send(message)
+            return
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await self.send(message)
+        except TimeoutError:
+            raise timeout_error(self.send_timeout) from None
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.ping)
+            try:
+                factory = self.ping_factory
+                data = default_ping(self.sep) if factory is None else _encoder.encode_item(factory(), self.sep)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self.buffer.append_bytes(data)
+            self._notify()
+
+    async def _listen(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+                break
+        self.stop(STOP_DISCONNECT)
+        if self.close_handler is not None:
+            with anyio.CancelScope(shield=True):
+                await self.close_handler(message)
+
+    async def _run_data_sender(self) -> None:
+        assert self.data_sender is not None
+        try:
+            await self.data_sender()
+        except Exception as exc:
+            self._fail(exc)
