@@ -16,6 +16,8 @@ from libc.string cimport memcpy, memchr
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    Py_UCS4 PyUnicode_READ_CHAR(object s, Py_ssize_t i)
 
 __all__ = [
     "SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class",
@@ -407,6 +409,10 @@ def encode_fields(data=None, event=None, id=None, retry=None, comment=None, str 
 
 def encode_item(item, str sep="\r\n"):
     """Turn one content item into event stream bytes (see ``_encoder_py.encode_item``)."""
+    return encode_item_c(item, sep)
+
+
+cdef inline object encode_item_c(object item, str sep):
     cdef type tp = type(item)
     # the common items first: no isinstance walk, no second dispatch
     if tp is dict:
@@ -424,11 +430,35 @@ def encode_item(item, str sep="\r\n"):
     return encode_into_bytes(item, None, None, None, None, None, sep, MODE_ITEM)
 
 
+cdef inline bint is_line_terminator(object sep):
+    # "\r\n", "\r" or "\n", read as code points (no rich comparisons)
+    cdef Py_ssize_t n
+    cdef Py_UCS4 c0
+    if type(sep) is not str:
+        return False
+    n = PyUnicode_GET_LENGTH(sep)
+    if n == 1:
+        c0 = PyUnicode_READ_CHAR(sep, 0)
+        return c0 == 10 or c0 == 13
+    return n == 2 and PyUnicode_READ_CHAR(sep, 0) == 13 and PyUnicode_READ_CHAR(sep, 1) == 10
+
+
 def ensure_bytes(data, sep):
-    """Turn one content item into event stream bytes (see ``_encoder_py.ensure_bytes``)."""
-    if type(sep) is not str or (sep != "\r\n" and sep != "\n" and sep != "\r"):
+    """Turn one content item into event stream bytes (``sse_starlette.sse.ensure_bytes``).
+
+    ``bytes``/``bytearray``/``memoryview`` pass through as ``bytes``; a
+    ``ServerSentEvent`` is encoded with its own separator; a ``dict`` is taken
+    as ``ServerSentEvent(**data, sep=sep)`` (a ``sep`` key in it is overridden,
+    the dict is not modified); anything else becomes
+    ``ServerSentEvent(str(data), sep=sep)``.
+
+    Raises:
+        ValueError: ``sep`` is not one of ``"\\r\\n"``, ``"\\r"``, ``"\\n"``.
+        TypeError: a dict key that is not an event field, or a bad field value.
+    """
+    if not is_line_terminator(sep):
         check_sep(sep)
-    return encode_item(data, sep)
+    return encode_item_c(data, <str>sep)
 
 
 cdef class StreamBuffer(EventBuffer):

@@ -33,6 +33,29 @@ def twin_params():
     return ["cython", "python"]
 
 
+def pytest_configure(config):
+    """Refuse to run the compiled cases against a tree that has no compiled twin.
+
+    ``pip install .`` (not editable) builds the extension into site-packages,
+    but pytest run from this folder imports the tree's ``sse_fast/``: every
+    compiled case would fail with ``ModuleNotFoundError``. Say so once, clearly.
+    """
+    if config.getoption("--no-extensions") or NO_EXT:
+        return
+    try:
+        importlib.import_module("sse_fast._encoder_c")
+        importlib.import_module("sse_fast._parser_c")
+    except ImportError as exc:
+        import sse_fast
+
+        raise pytest.UsageError(
+            f"the compiled twins are not importable from {Path(sse_fast.__file__).parent} ({exc}). "
+            "Tests import the sse_fast/ of this tree: build it in place with `pip install -e .` "
+            "(a non-editable install builds elsewhere), or pass --no-extensions "
+            "(SSE_FAST_NO_EXTENSIONS=1) to run the pure-Python twins only."
+        ) from None
+
+
 def pytest_collection_modifyitems(config, items):
     if not (config.getoption("--no-extensions") or NO_EXT):
         return

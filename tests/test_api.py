@@ -45,9 +45,9 @@ def _run(code: str, **env: str) -> str:
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_compiled_twin_is_the_default():
+def test_compiled_twin_is_the_default(request):
     """In a fresh process, with nothing set, the compiled encoder is chosen."""
-    if os.environ.get("SSE_FAST_NO_EXTENSIONS", "") not in ("", "0"):
+    if os.environ.get("SSE_FAST_NO_EXTENSIONS", "") not in ("", "0") or request.config.getoption("--no-extensions"):
         pytest.skip("the run forces the pure twin")  # explicit choice, never automatic
     out = _run("import sse_fast, sse_fast._encoder as e; print(sse_fast.IMPLEMENTATION, e.EventBuffer.__module__)")
     assert out == "cython sse_fast._encoder_c"
@@ -57,6 +57,27 @@ def test_env_var_forces_pure_twin():
     out = _run("import sse_fast, sse_fast._encoder as e; print(sse_fast.IMPLEMENTATION, e.EventBuffer.__module__)",
                SSE_FAST_NO_EXTENSIONS="1")
     assert out == "python sse_fast._encoder_py"
+
+
+def test_env_var_imports_no_compiled_module():
+    """``SSE_FAST_NO_EXTENSIONS=1``: nothing compiled is imported, even after streaming a response."""
+    code = (
+        "import asyncio, sys\n"
+        "import sse_fast\n"
+        "from sse_fast import EventSourceResponse, ServerSentEvent, ensure_bytes\n"
+        "async def gen():\n"
+        "    yield ServerSentEvent('a', id='1')\n"
+        "    yield {'data': 'b'}\n"
+        "out = []\n"
+        "async def receive():\n"
+        "    await asyncio.Event().wait()\n"
+        "async def send(m):\n"
+        "    out.append(m.get('body', b''))\n"
+        "asyncio.run(EventSourceResponse(gen())({'type': 'http', 'method': 'GET'}, receive, send))\n"
+        "ensure_bytes({'data': 1}, '\\n')\n"
+        "print(b''.join(out), sorted(m for m in sys.modules if m.startswith('sse_fast.') and m.endswith('_c')))"
+    )
+    assert _run(code, SSE_FAST_NO_EXTENSIONS="1") == "b'id: 1\\r\\ndata: a\\r\\n\\r\\ndata: b\\r\\n\\r\\n' []"
 
 
 def test_works_without_the_extension():
