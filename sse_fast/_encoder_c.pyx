@@ -63,6 +63,9 @@ def check_sep(sep):
 
 cdef enum:
     STACK_BYTES = 1024
+    # capacity an emptied buffer may keep: above it, take() frees the memory, so
+    # an idle or stalled stream holds no more than what waits or is in flight
+    RETAIN_BYTES = 16384
 
 
 cdef struct Buf:
@@ -361,8 +364,8 @@ cdef class EventBuffer:
         cdef bytes out = PyBytes_FromStringAndSize(self.buf.data, self.buf.size)
         self.buf.size = 0
         self.count = 0
-        if self.buf.cap > 1 << 20:
-            # give a burst's memory back instead of holding it for the stream's life
+        if self.buf.cap > RETAIN_BYTES:
+            # give a batch's memory back instead of holding it for the stream's life
             PyMem_Free(self.buf.data)
             self.buf.data = NULL
             self.buf.cap = 0

@@ -106,7 +106,9 @@ async def flood(request: Request):
         finally:
             rec["finally"] = True
 
-    return Recording(EventSourceResponse(gen(), send_timeout=float(timeout) if timeout else None), key)
+    max_buffer = int(request.query_params.get("max_buffer_bytes", "65536"))
+    return Recording(EventSourceResponse(gen(), send_timeout=float(timeout) if timeout else None,
+                                         max_buffer_bytes=max_buffer), key)
 
 
 async def shutdown(request: Request):

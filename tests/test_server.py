@@ -127,6 +127,40 @@ def test_backpressure_bounds_memory_and_loses_nothing(server):
     assert body.count(b"data: " + b"x" * 4090 + b"\r\n\r\n") == 50 * 256
 
 
+def _stalled_rss_per_stream(server, max_buffer_bytes: int, n: int, tag: str) -> float:
+    proc = psutil.Process(status(server, "x")["pid"])
+    rss0 = proc.memory_info().rss
+    socks = [open_raw(server, f"/flood?key={tag}{i}&mb=50&max_buffer_bytes={max_buffer_bytes}", rcvbuf=4096)
+             for i in range(n)]
+    # production stops once every stream is stalled (the count stays still)
+    last = None
+    for _ in range(40):
+        time.sleep(0.25)
+        now = sum(status(server, f"{tag}{i}")["state"]["events"] for i in range(0, n, 10))
+        if now == last:
+            break
+        last = now
+    per_stream = (proc.memory_info().rss - rss0) / n
+    for s in socks:
+        s.close()
+    return per_stream
+
+
+def test_max_buffer_bytes_bounds_a_stalled_stream(server):
+    """What one stalled stream costs above lockstep (``max_buffer_bytes=1``) stays within the bound.
+
+    sse_fast holds at most ``max_buffer_bytes`` (+ one event) per stream, the
+    send in flight included; uvicorn holds a framed copy of that send until the
+    socket takes it. So a stream at the 64 KiB default may cost at most about
+    2 x 64 KiB more than a lockstep one (before this bound was true, ~191 KiB).
+    """
+    n = 60
+    lockstep = _stalled_rss_per_stream(server, 1, n, "ls")
+    default = _stalled_rss_per_stream(server, 65536, n, "df")
+    extra = default - lockstep
+    assert extra < 2 * 65536 + 4096 + 24 * 1024, (default / 1024, lockstep / 1024)
+
+
 def test_pings_at_interval_and_none_with_zero(server):
     with httpx.stream("GET", f"{server.url}/ticks", params={"key": "p1", "n": 1, "interval": 5, "ping": 0.2}, timeout=5) as r:
         got, t0 = b"", time.monotonic()
