@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         default="sse_fast",
         choices=["sse_fast", "sse_starlette"],
-        help="whose EventSourceResponse streams (sse_starlette: for comparisons)",
+        help="whose EventSourceResponse streams (sse_starlette: for comparisons; needs sse-starlette, "
+        "e.g. pip install 'sse_fast[compare]')",
     )
     demo.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     args = parser.parse_args(argv)
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from .demo import create_app
 
-        app = create_app(args.backend)
+        try:
+            app = create_app(args.backend)
+        except ImportError as exc:
+            sys.stderr.write(f"--backend {args.backend} needs sse-starlette ({exc}): pip install 'sse_fast[compare]'\n")
+            return 2
         loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
         http = "httptools" if importlib.util.find_spec("httptools") else "h11"
         print(

@@ -120,3 +120,16 @@ def test_cli_shutdown_ends_open_streams():
         assert time.monotonic() - t0 < 5
     finally:
         srv.stop()
+
+
+def test_cli_backend_sse_starlette_missing_says_how_to_install():
+    """Without sse-starlette, ``--backend sse_starlette`` exits 2 with the install hint, no traceback."""
+    code = (
+        "import sys; sys.modules['sse_starlette'] = None\n"
+        "from sse_fast.__main__ import main\n"
+        "sys.exit(main(['demo', '--backend', 'sse_starlette', '--port', '0']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "pip install 'sse_fast[compare]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
