@@ -161,8 +161,8 @@ class StreamWriter:
             self._interrupt_producer()
         if reason == STOP_DISCONNECT:
             self._cancel_writer()
-            if phase == _FINAL:
-                self._interrupt_producer()
+            if phase == _STARTING or phase == _FINAL:
+                self._interrupt_producer()  # a pending start or final send: the client is gone
 
     def fail(self, exc: BaseException) -> None:
         """End the stream with ``exc`` (raised by the response once cleaned up)."""
@@ -306,8 +306,8 @@ class StreamWriter:
 
     # -- the producer, in the response's task ----------------------------------
 
-    async def run(self, iterator: Any) -> None:
-        """Stream ``iterator`` to the client and end the body; return when done or stopped.
+    async def run(self, start: dict[str, Any], iterator: Any) -> None:
+        """Send ``start``, stream ``iterator``, end the body; return when done or stopped.
 
         Runs in the response's task, which becomes the producer's task.
 
@@ -321,6 +321,11 @@ class StreamWriter:
         assert task is not None
         sb = self.buffer
         failure: Exception | None = None
+        try:
+            await self.send(start)
+        except asyncio.CancelledError:
+            if self._withdraw_cancels() or self.stop_reason != STOP_DISCONNECT:
+                raise
         if self.stop_reason is None:
             self.phase = _PRODUCING
             self.writer_task = self.loop.create_task(self._write_loop())

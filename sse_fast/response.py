@@ -330,8 +330,7 @@ class EventSourceResponse(Response):
             if registry.exiting:
                 stream.on_shutdown()
             try:
-                await send(start)
-                await writer.run(iterator)
+                await writer.run(start, iterator)
             finally:
                 # runs the generator's finally when it is suspended at a yield;
                 # also closes a memory object stream given as content

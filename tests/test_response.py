@@ -532,3 +532,101 @@ def test_shutdown_completes_a_pending_send_and_flushes(impl):
         AppStatus.should_exit = False
     assert c.body == b"data: 0\r\n\r\ndata: 1\r\n\r\ndata: 2\r\n\r\n"
     assert c.messages[-1][1]["more_body"] is False
+
+
+class StallingClient(Client):
+    """A client whose send of ``stall_on`` (a predicate on the message) never completes."""
+
+    def __init__(self, stall_on):
+        super().__init__()
+        self.stall_on = stall_on
+        self.stalled = asyncio.Event()
+
+    async def send(self, message):
+        if self.stall_on(message):
+            self.stalled.set()
+            await asyncio.Event().wait()
+        await super().send(message)
+
+
+def test_stalled_final_send_ends_on_disconnect(impl):
+    """The closing ``more_body=False`` send hangs and the client leaves: the response ends."""
+
+    async def main():
+        client = StallingClient(lambda m: m["type"] == "http.response.body" and not m.get("more_body", False))
+        resp = EventSourceResponse(numbers(3))
+        task = asyncio.ensure_future(drive(resp, client))
+        await asyncio.wait_for(client.stalled.wait(), 2)
+        client.disconnect()
+        await asyncio.wait_for(task, 2)
+        return client
+
+    client = asyncio.run(main())
+    assert client.body == expected_numbers(3)
+
+
+def test_stalled_start_send_ends_on_disconnect(impl):
+    """The start message's send hangs and the client leaves: the iterator is never started."""
+    started = []
+
+    async def gen():
+        started.append(True)
+        yield "x"
+
+    async def main():
+        client = StallingClient(lambda m: m["type"] == "http.response.start")
+        task = asyncio.ensure_future(drive(EventSourceResponse(gen()), client))
+        await asyncio.wait_for(client.stalled.wait(), 2)
+        client.disconnect()
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(main())
+    assert started == []
+
+
+@pytest.mark.parametrize("method", ["HEAD", "head", "Head"])
+def test_head_is_matched_case_insensitively(impl, method):
+    started = []
+
+    async def gen():
+        started.append(True)
+        yield "x"
+
+    client = asyncio.run(drive(EventSourceResponse(gen()), sc=scope(method)))
+    assert started == [] and client.body == b""
+    assert client.messages[-1][1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_send_timeout_bounds_head_sends(impl):
+    async def main():
+        client = StallingClient(lambda m: m["type"] == "http.response.start")
+        with pytest.raises(SendTimeoutError):
+            await drive(EventSourceResponse(numbers(1), send_timeout=0.1), client, sc=scope("HEAD"))
+
+    asyncio.run(main())
+
+
+def test_default_cleanup_timeout_is_the_class_constant():
+    assert EventSourceResponse.DEFAULT_CLEANUP_TIMEOUT == 30.0
+    assert EventSourceResponse(numbers(1))._cleanup_timeout == EventSourceResponse.DEFAULT_CLEANUP_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        ({"ping": "5"}, TypeError, "ping interval must be int"),
+        ({"ping": -1}, ValueError, "ping interval must be >= 0"),
+        ({"cleanup_timeout": -1}, ValueError, "cleanup_timeout must be >= 0"),
+    ],
+)
+def test_error_messages_keep_sse_starlettes_words(kwargs, exc, words):
+    """Our messages name the argument and value, and contain the words sse-starlette's users match on."""
+    with pytest.raises(exc, match=words):
+        EventSourceResponse(numbers(1), **kwargs)
+    with pytest.raises(exc, match=words):
+        RefResponse(numbers(1), **kwargs)
+
+
+def test_retry_error_keeps_sse_starlettes_words():
+    with pytest.raises(TypeError, match="retry argument must be int"):
+        ServerSentEvent("x", retry="5")
