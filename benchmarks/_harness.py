@@ -128,29 +128,44 @@ class StreamResult:
     """One streamed response read to its end by ``read_stream``."""
 
     seconds: float  # request sent -> connection closed
-    nbytes: int  # bytes read, headers and chunk framing included
-    blank_lines: int  # occurrences of CRLF CRLF (one per event, + header end + last chunk)
+    nbytes: int  # bytes read, head and chunk framing included
+    body_bytes: int  # bytes of the body (chunk framing removed)
+    chunks: int  # non-empty HTTP/1.1 chunks: uvicorn writes one per non-empty body send()
+    complete: bool  # the last chunk (size 0) arrived, or the body was not chunked
     status: int
-    tail: bytes
+    tail: bytes  # the last bytes read
 
 
 def read_stream(port: int, path: str, timeout: float = 120.0) -> StreamResult:
     """GET ``path`` and read the raw socket until the server closes it.
 
-    Counts ``\\r\\n\\r\\n`` across read boundaries (one per event with CRLF separators).
+    ``chunks`` counts the non-empty chunks of a chunked body by hopping from
+    size line to size line (no copy of the data). uvicorn's HTTP/1.1 protocols
+    write one chunk per ``http.response.body`` message with a non-empty body,
+    so it is the number of such ``send()`` calls; socket reads are not.
+    ``body_bytes`` is the de-chunked body size: compare it with the expected
+    size to check the events arrived. No byte is scanned: a per-byte count
+    (``bytearray.count``) costs about 0.6 ms per MB, enough to make this
+    client the bottleneck of the raw ceiling (~1.5 GB/s); hopping costs
+    ~0.3 us per chunk.
 
     Raises:
         TimeoutError: nothing arrived for ``timeout`` seconds.
+        ValueError: a malformed chunk-size line.
     """
     s = socket.create_connection(("127.0.0.1", port))
     s.settimeout(timeout)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
-    nbytes = 0
-    count = 0
-    prev = b""
-    first = b""
+    keep = 5
+    head = bytearray()
+    chunked = None  # unknown until the head is read
+    nxt = 0  # offset, from the start of the next read, of the next chunk-size line
+    line = b""  # a chunk-size line cut by a read boundary
+    prev = b""  # the last ``keep`` bytes read (the tail: ``0\r\n\r\n`` after a complete chunked body)
+    nbytes = body = chunks = 0
+    done = False
     try:
         t0 = time.perf_counter()
         s.sendall(request_bytes(path))
@@ -158,19 +173,62 @@ def read_stream(port: int, path: str, timeout: float = 120.0) -> StreamResult:
             k = s.recv_into(buf)
             if not k:
                 break
-            chunk = view[:k]
-            if not first:
-                first = bytes(chunk[:64])
-            # an occurrence may straddle two reads: look at the 3 bytes before plus this read
-            joined = prev + bytes(chunk[:3])
-            count += joined.count(b"\r\n\r\n") + buf.count(b"\r\n\r\n", 0, k)
-            prev = bytes(chunk[max(0, k - 3):k])
             nbytes += k
+            prev = (prev + view[max(0, k - keep):k])[-keep:]
+            if chunked is None:
+                before = len(head)
+                head += view[:k]
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                end += 4
+                del head[end:]
+                chunked = b"transfer-encoding: chunked" in bytes(head).lower()
+                nxt = end - before
+                if not chunked:
+                    body -= nxt  # the rest of the connection is body
+            if not chunked:
+                body += k
+                continue
+            pos = nxt
+            if line:  # finish a size line begun in the previous read
+                j = buf.find(b"\n", 0, k)
+                if j < 0:
+                    line += view[:k]
+                    continue
+                line += view[:j]
+                size = int(line.split(b";", 1)[0], 16)
+                line = b""
+                if not size:
+                    done = True
+                    pos = k
+                else:
+                    chunks += 1
+                    body += size
+                    pos = j + 1 + size + 2
+            while pos < k and not done:
+                j = buf.find(b"\n", pos, k)
+                if j < 0:
+                    line = bytes(view[pos:k])
+                    pos = k
+                    break
+                try:
+                    size = int(buf[pos:j], 16)
+                except ValueError:  # a chunk extension (";name=value"): uvicorn sends none
+                    size = int(buf[pos:j].split(b";", 1)[0], 16)
+                if not size:
+                    done = True
+                    break
+                chunks += 1
+                body += size
+                pos = j + 1 + size + 2
+            nxt = pos - k if pos > k else 0
         t1 = time.perf_counter()
     finally:
         s.close()
-    status = int(first.split(b" ", 2)[1]) if first.startswith(b"HTTP/") else 0
-    return StreamResult(seconds=t1 - t0, nbytes=nbytes, blank_lines=count, status=status, tail=prev)
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return StreamResult(seconds=t1 - t0, nbytes=nbytes, body_bytes=body, chunks=chunks,
+                        complete=done or chunked is False, status=status, tail=prev)
 
 
 def machine() -> dict[str, str]:

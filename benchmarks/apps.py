@@ -9,13 +9,22 @@ serves every peer and they are measured side by side::
 Endpoints (query parameters; seconds and bytes):
 
 - ``/health``: ``200 ok`` (readiness probe).
-- ``/stream?impl=I&n=N&size=B&kind=dict|bytes&ping=P&send_timeout=T``: ``N``
+- ``/stream?impl=I&n=N&size=B&kind=dict|bytes|sleep0&ping=P&send_timeout=T``: ``N``
   events, then the response ends. ``kind=dict`` (default): the generator yields
-  ``{"id": str(i), "data": <B bytes>}``; ``kind=bytes``: it yields one
-  preformatted event (``bytes``) ``N`` times. ``impl``:
+  ``{"id": str(i), "data": <B bytes>}``; ``kind=sleep0``: the same dicts with
+  ``await asyncio.sleep(0)`` before each one (a producer that gives the loop a turn
+  between events); ``kind=bytes``: it yields one preformatted event (``bytes``)
+  ``N`` times. ``impl``:
 
   - ``sse_fast``: ``sse_fast.EventSourceResponse(gen, ping=P, send_timeout=T)``;
   - ``sse_starlette``: ``sse_starlette.EventSourceResponse`` with the same arguments;
+  - ``fastapi``: FastAPI's own SSE (``fastapi.sse``): a FastAPI app whose route
+    ``GET /stream`` has ``response_class=fastapi.sse.EventSourceResponse`` and
+    yields ``fastapi.sse.ServerSentEvent(raw_data=<B bytes>, id=str(i))`` (the
+    same fields as the dicts, unquoted data; ``kind=dict|sleep0`` only). FastAPI
+    takes no ``ping``/``send_timeout``: it sends ``: ping`` after 15 s without an
+    event, listens for the disconnect (Starlette's ``StreamingResponse``) and has
+    no send timeout. Its events end with ``\n\n``, not ``\r\n\r\n``;
   - ``hand``: a hand-written loop over the same generator: f-string encoding,
     64 events per ``send()``, no ping, no timeout, no disconnect listener;
   - ``raw``: the ceiling: one preformatted 64-event batch sent ``N / 64`` times.
@@ -60,9 +69,40 @@ def event_bytes(i: int, data: str) -> bytes:
     return f"id: {i}{SEP}data: {data}{SEP}{SEP}".encode()
 
 
+def _digits_total(n: int) -> int:
+    """Total length of ``str(i)`` for ``i`` in ``range(n)``."""
+    total, low, d = 0, 0, 1
+    while low < n:
+        high = min(n, 10 ** d)
+        total += (high - low) * d
+        low, d = high, d + 1
+    return total
+
+
+def expected_body_bytes(impl: str, kind: str, n: int, size: int) -> int:
+    """The body size, without chunk framing and pings, of ``/stream`` with these parameters.
+
+    ``id: i CRLF data: D CRLF CRLF`` per event (``impl=fastapi``: ``data: D LF id: i LF LF``);
+    ``kind=bytes`` and ``impl=raw`` repeat the event of id 0.
+    """
+    data = len(payload(size))
+    if impl == "raw" or kind == "bytes":
+        return n * len(event_bytes(0, payload(size)))
+    per_event = 13 if impl == "fastapi" else 16  # field names and line ends
+    return n * (per_event + data) + _digits_total(n)
+
+
 async def dict_events(n: int, data: str) -> AsyncIterator[dict]:
     """The common generator: ``n`` dicts ``{"id": str(i), "data": data}``."""
     for i in range(n):
+        yield {"id": str(i), "data": data}
+
+
+async def sleep0_events(n: int, data: str) -> AsyncIterator[dict]:
+    """The common dicts, with ``await asyncio.sleep(0)`` before each: a producer that yields to the loop."""
+    sleep = asyncio.sleep
+    for i in range(n):
+        await sleep(0)
         yield {"id": str(i), "data": data}
 
 
@@ -90,12 +130,12 @@ _HEADERS = [
 ]
 
 
-async def hand_loop(send, n: int, data: str) -> None:
-    """The hand-written batched loop: f-string per event, one ``send()`` per 64 events."""
+async def hand_loop(send, items: AsyncIterator[dict]) -> None:
+    """The hand-written batched loop over ``items``: f-string per event, one ``send()`` per 64 events."""
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     parts: list[str] = []
     append = parts.append
-    async for item in dict_events(n, data):
+    async for item in items:
         append(f"id: {item['id']}\r\ndata: {item['data']}\r\n\r\n")
         if len(parts) >= BATCH:
             await send({"type": "http.response.body", "body": "".join(parts).encode(), "more_body": True})
@@ -119,6 +159,43 @@ async def raw_idle(send, receive) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": True})
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+# ---------------------------------------------------------------- FastAPI's own SSE
+_fastapi_app = None
+
+
+def fastapi_app():
+    """The FastAPI app serving ``/stream`` through ``fastapi.sse`` (built on first use).
+
+    Raises:
+        ImportError: FastAPI is not installed, or has no ``fastapi.sse``.
+    """
+    global _fastapi_app
+    if _fastapi_app is not None:
+        return _fastapi_app
+    from collections.abc import AsyncIterable
+
+    from fastapi import FastAPI, Query
+    from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+    api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @api.get("/stream", response_class=EventSourceResponse)
+    async def stream(n: int = 1000, size: int = len(SMALL_DATA),
+                     kind: str = Query("dict", pattern="^(dict|sleep0)$")) -> AsyncIterable[ServerSentEvent]:
+        data = payload(size)
+        if kind == "sleep0":
+            sleep = asyncio.sleep
+            for i in range(n):
+                await sleep(0)
+                yield ServerSentEvent(raw_data=data, id=str(i))
+        else:
+            for i in range(n):
+                yield ServerSentEvent(raw_data=data, id=str(i))
+
+    _fastapi_app = api
+    return api
 
 
 # ---------------------------------------------------------------- fan-out
@@ -157,6 +234,7 @@ class Broadcaster:
 
 
 _broadcasters: dict[tuple[float, int], Broadcaster] = {}
+_KINDS = {"dict": dict_events, "sleep0": sleep0_events, "bytes": bytes_events}
 
 
 async def fanout_events(b: Broadcaster) -> AsyncIterator[dict]:
@@ -216,17 +294,21 @@ async def app(scope, receive, send) -> None:
         if path == "/stream":
             n = _num(q, "n", 1000, int)
             data = payload(_num(q, "size", len(SMALL_DATA), int))
-            if impl == "hand":
-                await hand_loop(send, n, data)
-                return
             if impl == "raw":
                 await raw_ceiling(send, n, data)
                 return
-            kind = q.get("kind", ["dict"])[0]
-            if kind not in ("dict", "bytes"):
-                raise ValueError(f"kind must be dict or bytes, got {kind!r}")
-            gen = dict_events(n, data) if kind == "dict" else bytes_events(n, data)
-            resp = _response_class(impl)(gen, ping=ping, send_timeout=send_timeout)
+            if impl == "fastapi":  # FastAPI routes /stream itself and reads n, size and kind
+                resp = fastapi_app()
+            else:
+                kind = q.get("kind", ["dict"])[0]
+                if kind not in _KINDS:
+                    raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+                if impl == "hand":
+                    if kind == "bytes":
+                        raise ValueError("impl=hand takes kind=dict or sleep0")
+                    await hand_loop(send, _KINDS[kind](n, data))
+                    return
+                resp = _response_class(impl)(_KINDS[kind](n, data), ping=ping, send_timeout=send_timeout)
         elif path == "/idle":
             if impl == "raw":
                 await raw_idle(send, receive)

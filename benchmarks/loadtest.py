@@ -306,7 +306,7 @@ def _markdown(results: list[dict[str, Any]], argv: list[str], note: str) -> str:
     lines = [
         "# Load test: sse_fast vs sse-starlette under locust",
         "",
-        f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores "
+        f"Measured {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores "
         f"({cpu}), Python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + ". Server: `python -m sse_fast demo` (uvicorn + uvloop + httptools), pinned with "

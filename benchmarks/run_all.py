@@ -81,7 +81,7 @@ def headline(enc: dict, e2e_res: dict, many: dict, fan: dict) -> list[tuple[str,
         full, ref = eps("sse_fast full contract"), eps("sse-starlette")
         hand, raw, byts = eps("hand loop (f-string, 64/send)"), eps("raw ceiling (64-event batches)"), \
             eps("sse_fast bytes, full contract")
-        n = small["n"]
+        n = _get(b, "sse_fast full contract", "n", default=small["n"])
         if full and ref:
             rows.append((f"one stream, {n:,} dicts, full contract: vs sse-starlette", ">= 30x",
                          f"{full / ref:.1f}x", verdict(full / ref >= 30)))
@@ -148,9 +148,11 @@ def write_report(path: str, enc, e2e_res, many, fan, quick: bool, note: str, loa
               "`ServerSentEvent(data, event=, id=).encode()`; encode_fields = the field encoder alone; buffer64 = "
               "`EventBuffer.append` x 64 + `take()`, per event.", "", check_floor.table(enc), "",
               "## End-to-end, one stream", "",
-              "Each row streams the same generator (`{\"id\": str(i), \"data\": ...}` dicts) through one "
-              "server; `raw ceiling` sends preformatted 64-event batches. Server CPU from the server process's "
-              "`/proc/PID/task/*/schedstat` (ns).", "", e2e.table(e2e_res), "",
+              "Each row of a scenario streams the same generator (`{\"id\": str(i), \"data\": ...}` dicts) "
+              "through one server; `raw ceiling` sends preformatted 64-event batches. Fast rows stream more events "
+              "(see `events`); compare rates. `sends` = non-empty HTTP chunks = the server's non-empty body "
+              "`send()` calls. Server CPU from the server process's `/proc/PID/task/*/schedstat` (ns). "
+              "Details: `python benchmarks/e2e.py --help`.", "", e2e.table(e2e_res), "",
               "## Many idle streams", "", many_streams.table(many), "",
               "## Fan-out", "",
               "One broadcaster task puts each event on every client's `asyncio.Queue`; latency = client receive "
