@@ -503,6 +503,15 @@ cdef class StreamBuffer(EventBuffer):
 
 async def produce(iterator, StreamBuffer sb):
     """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task (see ``_encoder_py.produce``)."""
+    try:
+        await produce_loop(iterator, sb)
+    except StopAsyncIteration:
+        # Cython's ``async for`` lets a StopAsyncIteration raised by a plain
+        # ``def __anext__`` escape, where Python's ends the loop
+        return
+
+
+async def produce_loop(iterator, StreamBuffer sb):
     cdef object fut
     async for item in iterator:
         write_item(&sb.buf, item, sb.sep)

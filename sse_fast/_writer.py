@@ -20,9 +20,10 @@ Three parties share one ``StreamBuffer``, all on the event loop's thread:
   task per timer.
 
 Stopping (client disconnect, server shutdown, a failed send) cancels the
-producer's task as asyncio does, with ``Task.cancel()``, and withdraws that
-request with ``Task.uncancel()`` once it was delivered, so a cancellation
-from anyone else (the server, an outer timeout) still propagates.
+producer where it awaits through one anyio cancel scope per phase of the
+stream (start, produce, end), as sse-starlette's task group does: shielded
+scopes in the user's code hold, and a cancellation from anyone else (the
+server, an outer timeout) still propagates.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import anyio
 
 from . import _encoder
 
@@ -94,7 +97,7 @@ class StreamWriter:
         "sent_bytes",
         "sends",
         "disconnect_seen",
-        "_cancels",
+        "_scope",
         "_ping_handle",
         "_next_ping",
         "_last_send",
@@ -136,7 +139,7 @@ class StreamWriter:
         self.sends = 0
         #: the disconnect listener received ``http.disconnect`` (its handler may be running)
         self.disconnect_seen = False
-        self._cancels = 0  # our cancellation requests on ``task``, to withdraw with uncancel()
+        self._scope: anyio.CancelScope | None = None  # around the current phase's awaits in ``task``
         self._ping_handle: asyncio.TimerHandle | None = None
         self._next_ping = 0.0
         self._last_send = 0.0
@@ -172,35 +175,17 @@ class StreamWriter:
         self._cancel_writer()
 
     def _interrupt_producer(self) -> None:
-        task = self.task
-        if task is None or task.done():
-            return
-        if asyncio.current_task(self.loop) is task:
-            # asked from inside the producer (it set AppStatus.should_exit):
-            # cancel once it has suspended, where asyncio would deliver it
-            self.loop.call_soon(self._interrupt_if_producing)
-            return
-        self._cancels += 1
-        task.cancel()
-
-    def _interrupt_if_producing(self) -> None:
-        if self.phase == _PRODUCING:
-            self._interrupt_producer()
+        # anyio's cancel scope, as sse-starlette's task group uses: the task is
+        # cancelled where it awaits, shielded scopes in the user's code are
+        # respected, and cancellation from anyone else still propagates
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
 
     def _cancel_writer(self) -> None:
         w = self.writer_task
         if w is not None and not w.done() and asyncio.current_task(self.loop) is not w:
             w.cancel()
-
-    def _withdraw_cancels(self) -> bool:
-        """Withdraw our cancellation requests; ``True`` if someone else's remains."""
-        task = self.task
-        n, self._cancels = self._cancels, 0
-        if task is None:
-            return False
-        for _ in range(n):
-            task.uncancel()
-        return task.cancelling() > 0
 
     # -- timers -------------------------------------------------------------
 
@@ -287,6 +272,8 @@ class StreamWriter:
                         self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 self._send_started = None
+                if self.error is not None or self.stop_reason == STOP_DISCONNECT:
+                    return  # a send that could not be cancelled returned after its deadline or the disconnect
                 sb.inflight = 0
                 self.sent_bytes += size
                 self.sends += 1
@@ -317,30 +304,21 @@ class StreamWriter:
             raises; the events produced before an iterator error are sent first.
             CancelledError: the task was cancelled by someone else.
         """
-        task = self.task = asyncio.current_task(self.loop)
-        assert task is not None
+        self.task = asyncio.current_task(self.loop)
         sb = self.buffer
         failure: Exception | None = None
-        try:
+        with self._enter(_STARTING):
             await self.send(start)
-        except asyncio.CancelledError:
-            if self._withdraw_cancels() or self.stop_reason != STOP_DISCONNECT:
-                raise
         if self.stop_reason is None:
-            self.phase = _PRODUCING
             self.writer_task = self.loop.create_task(self._write_loop())
             self._arm_ping()
-            try:
-                await _encoder.produce(iterator, sb)
-            except asyncio.CancelledError:
-                if self._withdraw_cancels() or self.stop_reason is None:
-                    raise
-            except Exception as exc:
-                failure = exc
-            # a cancel of ours that the producer caught (farewell pattern) is withdrawn too
-            if self._cancels and self._withdraw_cancels():
-                raise asyncio.CancelledError
+            with self._enter(_PRODUCING):
+                try:
+                    await _encoder.produce(iterator, sb)
+                except Exception as exc:
+                    failure = exc
             self.phase = _FLUSHING
+            self._scope = None
             sb.closing = True
             sb.notify()
             writer = self.writer_task
@@ -352,18 +330,24 @@ class StreamWriter:
                 raise failure
         if self.stop_reason == STOP_DISCONNECT:
             return
-        self.phase = _FINAL
         try:
-            await self.send_final({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if self._withdraw_cancels() or self.stop_reason != STOP_DISCONNECT:
-                raise
+            with self._enter(_FINAL):
+                await self.send_final({"type": "http.response.body", "body": b"", "more_body": False})
         except SendTimeoutError:
             raise
         except OSError:
             pass  # the client left meanwhile
         finally:
             self.phase = _DONE
+            self._scope = None
+
+    def _enter(self, phase: int) -> anyio.CancelScope:
+        """A cancel scope for ``phase``; one per phase, never one per event."""
+        self.phase = phase
+        scope = self._scope = anyio.CancelScope()
+        if self.stop_reason is not None and (phase == _PRODUCING or self.stop_reason == STOP_DISCONNECT):
+            scope.cancel()  # stopped meanwhile
+        return scope
 
     async def send_final(self, message: dict[str, Any]) -> None:
         """``send(message)`` within ``send_timeout`` seconds (for the few sends outside the writer task).
@@ -374,8 +358,9 @@ class StreamWriter:
         if self.send_timeout is None:
             await self.send(message)
             return
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await self.send(message)
-        except TimeoutError:
-            raise timeout_error(self.send_timeout) from None
+        # cancel_called, not a caught cancellation: a send that cannot be
+        # cancelled and returns late has still timed out
+        with anyio.move_on_after(self.send_timeout) as scope:
+            await self.send(message)
+        if scope.cancel_called:
+            raise timeout_error(self.send_timeout)

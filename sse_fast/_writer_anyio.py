@@ -175,11 +175,12 @@ class GenericStream:
         if self.send_timeout is None:
             await self.send(message)
             return
-        try:
-            with anyio.fail_after(self.send_timeout):
-                await self.send(message)
-        except TimeoutError:
-            raise timeout_error(self.send_timeout) from None
+        # cancel_called, not a caught cancellation: a server whose write cannot be
+        # cancelled (hypercorn's trio worker shields it) still times out once it returns
+        with anyio.move_on_after(self.send_timeout) as scope:
+            await self.send(message)
+        if scope.cancel_called:
+            raise timeout_error(self.send_timeout)
 
     async def _ping_loop(self) -> None:
         while True:

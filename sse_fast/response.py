@@ -298,11 +298,10 @@ class EventSourceResponse(Response):
         if self.send_timeout is None:
             await send(message)
             return
-        try:
-            with anyio.fail_after(self.send_timeout):
-                await send(message)
-        except TimeoutError:
-            raise timeout_error(self.send_timeout) from None
+        with anyio.move_on_after(self.send_timeout) as scope:
+            await send(message)
+        if scope.cancel_called:  # also when the send could not be cancelled and returned late
+            raise timeout_error(self.send_timeout)
 
     async def _call_asyncio(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send,
                             start: Message, iterator: Any) -> None:
