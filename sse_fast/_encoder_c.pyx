@@ -516,8 +516,6 @@ async def produce_loop(iterator, StreamBuffer sb):
     async for item in iterator:
         write_item(&sb.buf, item, sb.sep)
         sb.count += 1
-        if sb.stopping:
-            return
         fut = sb.wake
         if fut is not None:
             sb.wake = None

@@ -326,8 +326,9 @@ class StreamBuffer(EventBuffer):
         inflight: bytes of the ``send()`` in progress (set by the writer).
         wake: the writer's idle future while it waits for data, else ``None``.
         room: the producer's future while it awaits room, else ``None``.
-        stopping: set when the stream is asked to stop; ``produce`` returns
-            after the item it is appending.
+        stopping: set when the stream is asked to stop (informational: the
+            producer is stopped by cancellation, delivered where it next awaits,
+            as sse-starlette's task group delivers it).
         closing: set when nothing more will be appended; the writer ends once
             the buffer is empty.
     """
@@ -367,8 +368,8 @@ async def produce(iterator: Any, sb: StreamBuffer) -> None:
     Each item is encoded into the buffer and the writer task is notified; the
     writer runs when this task next suspends, so items that are ready together
     leave in one send. At ``sb.high`` bytes (buffered plus in flight) this
-    coroutine awaits room. It returns when the iterator is exhausted or, after
-    the current item, when ``sb.stopping`` is set.
+    coroutine awaits room. It returns when the iterator is exhausted; a stop
+    request reaches it as a cancellation of its task.
 
     Raises:
         Whatever the iterator or the encoder raises; ``CancelledError`` when
@@ -377,8 +378,6 @@ async def produce(iterator: Any, sb: StreamBuffer) -> None:
     append = sb.append
     async for item in iterator:
         append(item)
-        if sb.stopping:
-            return
         fut = sb.wake
         if fut is not None:
             sb.wake = None

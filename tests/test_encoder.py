@@ -208,20 +208,6 @@ def test_produce_awaits_room_at_the_bound(impl):
     asyncio.run(main())
 
 
-def test_produce_stops_after_the_current_item(impl):
-    async def producer():
-        for i in range(5):
-            yield str(i)
-
-    async def main():
-        sb = impl.StreamBuffer("\n", 1 << 20, asyncio.get_running_loop())
-        sb.stopping = True
-        await impl.produce(producer(), sb)
-        assert sb.take() == b"data: 0\n\n"
-
-    asyncio.run(main())
-
-
 def test_produce_propagates_errors(impl):
     async def producer():
         yield "a"
