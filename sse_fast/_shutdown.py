@@ -1,36 +1,34 @@
-"""Server shutdown: ``AppStatus`` and one registry of live streams per event loop.
+"""Server shutdown: ``AppStatus``, one registry of live streams per event loop, server hooks.
 
 When the server is asked to exit, every open event stream ends (or, with a
-``shutdown_event``, is told to finish within its grace period). Detection:
+``shutdown_event``, is told to finish within its grace period), so the server
+can close its connections cleanly and exit. Detection, never a watcher per
+connection:
 
-- ``AppStatus.should_exit = True``, set by hand or by the hook below, is
-  broadcast at once to the registry of every event loop that has streams; no
-  stream polls a flag.
-- Under uvicorn (``uvicorn app:app`` as well as ``uvicorn.run(...)``), the first
-  stream opened finds uvicorn's ``Server`` through the SIGINT/SIGTERM handler it
-  installed and wraps that handler (main thread only), so the server's own
-  signal handling ends the streams. Where the handler cannot be wrapped (the
-  server runs in another thread), one watcher task per event loop checks
-  ``server.should_exit`` every ``WATCH_INTERVAL`` seconds; never one per stream.
+- ``AppStatus.should_exit = True``, set by hand, is broadcast at once to the
+  registry of every event loop (and trio run) that has streams.
+- The first stream of an event loop looks for the ASGI server running on it
+  and hooks that server's own shutdown path, once (``_servers``): uvicorn's
+  ``Server.shutdown`` (so SIGINT/SIGTERM, ``--workers``, ``--reload`` and
+  ``server.should_exit = True`` set by code all count), hypercorn's worker
+  context ``terminated`` event (asyncio and trio workers), daphne's Twisted
+  reactor shutdown trigger, granian's worker signal handling.
+- A registry's exit state lasts while its server shuts down; a server
+  started later on the same loop streams normally.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AppStatus", "Registry", "registry_for"]
-
-#: seconds between two looks at ``server.should_exit`` in the fallback watcher
-WATCH_INTERVAL = 0.5
+__all__ = ["AppStatus", "Registry", "registry_for", "trio_registry"]
 
 _lock = threading.Lock()
-_registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Registry] = weakref.WeakKeyDictionary()
-_hooked_server: Any = None
+_registries: weakref.WeakKeyDictionary[Any, Registry] = weakref.WeakKeyDictionary()
 
 
 class _AppStatusMeta(type):
@@ -45,57 +43,69 @@ class _AppStatusMeta(type):
     @should_exit.setter
     def should_exit(cls, value: bool) -> None:
         cls._should_exit = bool(value)
-        if value:
-            _broadcast()
+        _broadcast(bool(value))
 
 
 class AppStatus(metaclass=_AppStatusMeta):
     """Process-wide shutdown switch, as ``sse_starlette.sse.AppStatus``.
 
     ``AppStatus.should_exit = True`` ends every open stream on every event
-    loop (streams with a ``shutdown_event`` get their grace period). Streams
+    loop (streams with a ``shutdown_event`` get their grace period), and
+    streams opened on those loops while it stays ``True`` end at once. Streams
     opened on an event loop created afterwards are not affected, so tests that
-    set it need no fixture to reset it.
+    set it need no fixture to reset it. Setting it back to ``False`` lets the
+    loops stream again.
     """
 
-    #: uvicorn's own handler, called by ``handle_exit`` (sse-starlette compatibility)
+    #: a handler that ``handle_exit`` chains to (sse-starlette compatibility)
     original_handler: Callable[..., Any] | None = None
     _automatic = True
 
     @staticmethod
     def handle_exit(*args: Any, **kwargs: Any) -> None:
-        """Signal-handler shape: set ``should_exit`` and chain to ``original_handler``."""
+        """Signal-handler shape: set ``should_exit`` and chain to ``original_handler``.
+
+        For servers sse_fast cannot hook: install it as (or call it from) the
+        app's own SIGTERM handling.
+        """
         AppStatus.should_exit = True
         if AppStatus.original_handler is not None:
             AppStatus.original_handler(*args, **kwargs)
 
     @classmethod
     def disable_automatic_graceful_drain(cls) -> None:
-        """Stop ending streams on the server's exit signal; only ``should_exit`` does it."""
+        """Stop ending streams when the server shuts down; only ``should_exit = True`` does it then."""
         cls._automatic = False
 
     @classmethod
     def enable_automatic_graceful_drain_mode(cls) -> None:
-        """End streams on the server's exit signal again (the default)."""
+        """End streams when the server shuts down again (the default)."""
         cls._automatic = True
 
     enable_automatic_graceful_drain = enable_automatic_graceful_drain_mode
 
 
 class Registry:
-    """The live streams of one event loop.
+    """The live streams of one event loop (or one trio run).
 
-    ``add``/``discard`` are O(1) per stream; ``shutdown`` runs in the loop's
-    thread and calls each stream's ``on_shutdown()`` once.
+    ``add``/``discard`` are O(1) per stream. ``begin_exit`` runs in the loop's
+    thread and calls each stream's ``on_shutdown()``; streams opened while
+    ``exiting`` is set end at once, until ``end_exit``.
+
+    Args:
+        key: the event loop, or the trio token.
+        call_soon_threadsafe: schedules a callable on that loop from any thread.
     """
 
-    __slots__ = ("loop", "streams", "exiting", "watcher", "__weakref__")
+    __slots__ = ("key", "call_soon_threadsafe", "streams", "exiting", "hooked", "__weakref__")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, key: Any, call_soon_threadsafe: Callable[[Callable[[], None]], Any]) -> None:
+        self.key = key
+        self.call_soon_threadsafe = call_soon_threadsafe
         self.streams: set[Any] = set()
         self.exiting = False
-        self.watcher: asyncio.Task[None] | None = None
+        #: what the server hook attached to (``None``: look again at the next stream)
+        self.hooked: Any = None
 
     def add(self, stream: Any) -> None:
         """Register a live stream (an object with ``on_shutdown()``)."""
@@ -105,93 +115,90 @@ class Registry:
         """Forget a stream that ended; absent streams are ignored."""
         self.streams.discard(stream)
 
-    def shutdown(self) -> None:
-        """Tell every live stream of this loop, once, that the server is exiting (loop thread only)."""
-        if self.exiting:
-            return
+    def begin_exit(self) -> None:
+        """Tell every live stream that the server is exiting (loop thread only)."""
         self.exiting = True
         for stream in list(self.streams):
             stream.on_shutdown()
 
+    def end_exit(self) -> None:
+        """The shutdown is over: streams opened from now on stream normally."""
+        self.exiting = False
+
+    # sse_fast 0.1 name
+    shutdown = begin_exit
+
+    def server_exiting(self) -> None:
+        """Called by a server hook: the server started its shutdown."""
+        if AppStatus._automatic:
+            self.begin_exit()
+
 
 def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
-    """Return the registry of ``loop``, creating it (and hooking the server) once."""
+    """Return the registry of ``loop``, creating it and hooking the server running on it."""
     reg = _registries.get(loop)
     if reg is None:
         with _lock:
             reg = _registries.get(loop)
             if reg is None:
-                reg = _registries[loop] = Registry(loop)
-        _hook_server(reg)
+                reg = _registries[loop] = Registry(loop, loop.call_soon_threadsafe)
+                if AppStatus._should_exit:
+                    reg.exiting = True
+    if reg.hooked is None:
+        from ._servers import hook_asyncio
+
+        hook_asyncio(reg, loop)
     return reg
 
 
-def _broadcast() -> None:
+class _TrioKey:
+    # trio tokens are hashable but not weak-referenceable: key the registry
+    # on a small object kept alive by the run's system task
+    __slots__ = ("token", "__weakref__")
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+
+
+_trio_keys: dict[Any, _TrioKey] = {}
+
+
+def trio_registry() -> Registry:
+    """Return the registry of the current trio run, creating it and hooking the server once."""
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+    key = _trio_keys.get(token)
+    if key is None:
+        key = _trio_keys[token] = _TrioKey(token)
+    reg = _registries.get(key)
+    if reg is None:
+        with _lock:
+            reg = _registries.get(key)
+            if reg is None:
+                reg = _registries[key] = Registry(key, token.run_sync_soon)
+                if AppStatus._should_exit:
+                    reg.exiting = True
+    if reg.hooked is None:
+        from ._servers import hook_trio
+
+        hook_trio(reg)
+    return reg
+
+
+def _broadcast(exiting: bool) -> None:
+    with _lock:
+        regs = list(_registries.values())
     try:
         current = asyncio.get_running_loop()
     except RuntimeError:
         current = None
-    with _lock:
-        regs = list(_registries.values())
     for reg in regs:
-        if reg.loop is current:
-            reg.shutdown()
-        elif not reg.loop.is_closed():
-            try:
-                reg.loop.call_soon_threadsafe(reg.shutdown)
-            except RuntimeError:  # closed between the check and the call
-                pass
-
-
-def _server_exit_seen() -> None:
-    if AppStatus._automatic:
-        AppStatus.should_exit = True
-
-
-def _find_uvicorn_server() -> tuple[Any, list[int]]:
-    """The uvicorn ``Server`` whose ``handle_exit`` is installed as a signal handler."""
-    found = None
-    sigs = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            handler = signal.getsignal(sig)
-        except (ValueError, OSError):
+        action = reg.begin_exit if exiting else reg.end_exit
+        if reg.key is current:
+            action()
             continue
-        owner = getattr(handler, "__self__", None)
-        if owner is not None and type(owner).__module__.startswith("uvicorn") and hasattr(owner, "should_exit"):
-            found = owner
-            sigs.append(sig)
-    return found, sigs
-
-
-def _hook_server(reg: Registry) -> None:
-    global _hooked_server
-    with _lock:
-        server, sigs = _find_uvicorn_server()
-        if server is not None and server is _hooked_server:
-            return
-        if server is not None and threading.current_thread() is threading.main_thread():
-            for sig in sigs:
-                original = signal.getsignal(sig)
-
-                def chained(signum: int, frame: Any, _original: Any = original) -> None:
-                    _original(signum, frame)
-                    _server_exit_seen()
-
-                signal.signal(sig, chained)
-            _hooked_server = server
-            return
-    if server is None:
-        return
-    # the server runs, but its handler cannot be wrapped from this thread:
-    # one watcher for this loop
-    reg.watcher = reg.loop.create_task(_watch(server, reg))
-
-
-async def _watch(server: Any, reg: Registry) -> None:
-    while not reg.exiting:
-        if getattr(server, "should_exit", False):
-            _server_exit_seen()
-            reg.shutdown()
-            return
-        await asyncio.sleep(WATCH_INTERVAL)
+        try:
+            reg.call_soon_threadsafe(action)
+        except RuntimeError:  # that loop or run is closed
+            pass

@@ -47,6 +47,10 @@ STOP_DISCONNECT = "disconnect"
 STOP_SHUTDOWN = "shutdown"
 STOP_ERROR = "error"
 
+#: seconds a stream stopped by shutdown may take to send what it holds before it is cut: a
+#: client that stopped reading must not keep the server from exiting (``send_timeout`` if shorter)
+SHUTDOWN_FLUSH_SECONDS = 1.0
+
 # the phases of a stream, in order
 _STARTING, _PRODUCING, _FLUSHING, _FINAL, _DONE = range(5)
 
@@ -104,6 +108,7 @@ class StreamWriter:
         "_deadline",
         "_deadline_hit",
         "_send_started",
+        "_flush_deadline",
     )
 
     def __init__(
@@ -146,6 +151,7 @@ class StreamWriter:
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_hit = False
         self._send_started: float | None = None
+        self._flush_deadline: asyncio.TimerHandle | None = None
 
     # -- stop requests (loop thread: other tasks, timers, callbacks) ----------
 
@@ -153,13 +159,20 @@ class StreamWriter:
         """Ask the stream to end.
 
         ``STOP_SHUTDOWN``: the producer is cancelled, what it produced is still
-        sent, then the body ends. ``STOP_DISCONNECT``: the producer and any
-        pending send are cancelled; nothing more is sent.
+        sent, then the body ends; a client that does not take it within
+        ``SHUTDOWN_FLUSH_SECONDS`` (or ``send_timeout``) is cut, so the server
+        can exit. ``STOP_DISCONNECT``: the producer and any pending send are
+        cancelled; nothing more is sent.
         """
         if self.stop_reason is None or reason == STOP_DISCONNECT:
             self.stop_reason = reason
         self.buffer.stopping = True
         phase = self.phase
+        if reason == STOP_SHUTDOWN and self._flush_deadline is None and phase < _DONE:
+            bound = SHUTDOWN_FLUSH_SECONDS
+            if self.send_timeout is not None:
+                bound = min(bound, self.send_timeout)
+            self._flush_deadline = self.loop.call_later(bound, self.stop, STOP_DISCONNECT)
         if phase == _PRODUCING:
             self._interrupt_producer()
         if reason == STOP_DISCONNECT:
@@ -243,6 +256,9 @@ class StreamWriter:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._flush_deadline is not None:
+            self._flush_deadline.cancel()
+            self._flush_deadline = None
         self._cancel_writer()
 
     # -- the writer task ------------------------------------------------------

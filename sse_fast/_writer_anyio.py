@@ -53,6 +53,8 @@ class GenericStream:
         max_buffer_bytes: int,
         close_handler: Callable[[dict[str, Any]], Awaitable[None]] | None,
         data_sender: Callable[[], Awaitable[None]] | None,
+        shutdown_event: Any = None,
+        shutdown_grace_period: float = 0,
     ) -> None:
         self.send = send
         self.sep = sep
@@ -68,10 +70,31 @@ class GenericStream:
         #: ``None`` while streaming, else why it stopped (``_writer.STOP_*``)
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
+        self.started = False
         self._data_ready = anyio.Event()
         self._room = anyio.Event()
         self._writer_done = anyio.Event()
         self._scope: anyio.CancelScope | None = None
+        self._tg: Any = None
+        self.shutdown_event = shutdown_event
+        self.grace = shutdown_grace_period
+        self._grace_pending = False
+
+    def on_shutdown(self) -> None:
+        """The server is exiting: set ``shutdown_event`` and stop after the grace period, or stop now."""
+        if self.shutdown_event is not None:
+            self.shutdown_event.set()
+            if self.grace > 0:
+                if self._tg is None:
+                    self._grace_pending = True  # started with the task group
+                else:
+                    self._tg.start_soon(self._stop_after_grace)
+                return
+        self.stop(STOP_SHUTDOWN)
+
+    async def _stop_after_grace(self) -> None:
+        await anyio.sleep(self.grace)
+        self.stop(STOP_SHUTDOWN)
 
     def stop(self, reason: str) -> None:
         """End the stream: the producer and every helper task are cancelled."""
@@ -101,10 +124,17 @@ class GenericStream:
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
+                self._tg = tg
                 tg.start_soon(self._listen, receive)
                 if self.data_sender is not None:
                     tg.start_soon(self._run_data_sender)
-                await self.send(start)
+                with anyio.CancelScope(shield=self.stop_reason == STOP_SHUTDOWN):
+                    await self.send(start)
+                self.started = True
+                if self._grace_pending:
+                    tg.start_soon(self._stop_after_grace)
+                if self.stop_reason is not None:
+                    tg.cancel_scope.cancel()  # stopped before the start went out
                 tg.start_soon(self._write_loop)
                 if self.ping > 0:
                     tg.start_soon(self._ping_loop)
@@ -123,7 +153,7 @@ class GenericStream:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
-        if self.stop_reason == STOP_SHUTDOWN and self.error is None and failure is None:
+        if self.stop_reason == STOP_SHUTDOWN and self.started and self.error is None and failure is None:
             # the producer was cancelled by shutdown: send what it made, then end the body
             with anyio.CancelScope(shield=True):
                 if len(self.buffer):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import _encoder
-from ._shutdown import AppStatus, registry_for
+from ._shutdown import AppStatus, registry_for, trio_registry
 from ._writer import (
     DEFAULT_MAX_BUFFER_BYTES,
     STOP_DISCONNECT,
@@ -85,6 +86,17 @@ def _check_seconds(name: str, value: Any, *, allow_none: bool, allow_zero: bool 
         raise TypeError(f"{name} must be int or float (seconds), got {value!r}")
     if value != value or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} (seconds), got {value!r}")
+
+
+def _in_trio() -> bool:
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _denial_send(send: Send) -> Send:
@@ -363,12 +375,21 @@ class EventSourceResponse(Response):
             max_buffer_bytes=self.max_buffer_bytes,
             close_handler=self.client_close_handler_callable,
             data_sender=self.data_sender_callable,
+            shutdown_event=self._shutdown_event,
+            shutdown_grace_period=self._shutdown_grace_period,
         )
+        registry = trio_registry() if _in_trio() else None
+        if registry is not None:
+            registry.add(stream)
+            if registry.exiting:
+                stream.on_shutdown()
         self.active = True
         try:
             await stream.run(receive, iterator, start)
         finally:
             self.active = False
+            if registry is not None:
+                registry.discard(stream)
             with anyio.CancelScope(shield=True):
                 await self._close_iterator(iterator)
 

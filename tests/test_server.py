@@ -249,12 +249,37 @@ def test_shutdown_event_farewell_is_delivered(impl):
 
 @pytest.mark.parametrize("impl", ["cython", "python"])
 def test_shutdown_stops_a_producer_that_never_awaits(impl):
+    """SIGTERM while the producer never awaits and the client reads: a clean end, the server exits."""
     srv = Server(impl)
     try:
         s = open_raw(srv, "/busy?key=b2")
         read_until(s, b"data: x")
         srv.proc.send_signal(signal.SIGTERM)
+        data = read_until(s, b"\r\n0\r\n\r\n", limit=10)  # keeps reading until the end of the body
+        assert data.endswith(b"\r\n0\r\n\r\n")
         srv.proc.wait(10)  # exits although the producer never awaits
         s.close()
     finally:
         srv.stop()
+
+
+def test_shutdown_cuts_a_client_that_stopped_reading(impl):
+    """SIGTERM with a client that stopped reading: the stream gives up its flush after
+    ``SHUTDOWN_FLUSH_SECONDS`` and returns; uvicorn then waits for the unread bytes until
+    its own ``--timeout-graceful-shutdown`` (without it, uvicorn waits for the client)."""
+    srv = Server(impl, command=["-m", "uvicorn", "tests.server_app:app", "--host", "127.0.0.1", "--port", "{port}",
+                                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                                "--log-level", "warning", "--timeout-graceful-shutdown", "2"])
+    try:
+        s = open_raw(srv, "/busy?key=b3", rcvbuf=4096)
+        read_until(s, b"data: x")
+        time.sleep(0.5)  # the buffers fill
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(10)
+        elapsed = time.monotonic() - t0
+        s.close()
+    finally:
+        out = srv.stop()
+    assert elapsed < 2 + 1 + 1  # uvicorn's 2 s + our 1 s flush bound + margin
+    assert "ASGI callable returned without completing response" in out
