@@ -14,6 +14,8 @@ from cpython.object cimport PyObject
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy, memchr
 
+from ._encoder_py import retry_type_error
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
@@ -176,7 +178,7 @@ cdef inline str as_text(object o):
 cdef str check_retry(object retry):
     if type(retry) is not int:
         if isinstance(retry, bool) or not isinstance(retry, int):
-            raise TypeError(f"retry argument must be int (milliseconds), got {retry!r}")
+            raise retry_type_error(retry)
     if retry < 0:
         raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
     return str(int(retry))

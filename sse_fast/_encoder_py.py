@@ -22,6 +22,7 @@ __all__ = [
     "encode_item",
     "check_sep",
     "check_fields",
+    "retry_type_error",
     "set_event_class",
     "ensure_bytes",
     "StreamBuffer",
@@ -71,6 +72,18 @@ def _single_line(text: str) -> str:
     return text
 
 
+def retry_type_error(retry: Any) -> TypeError:
+    """The ``TypeError`` for a ``retry`` that is not an ``int``.
+
+    Its message is exactly sse-starlette's, which callers compare with ``==``;
+    the value given and the unit ride along as an exception note (shown in
+    tracebacks).
+    """
+    exc = TypeError("retry argument must be int")
+    exc.add_note(f"retry is the reconnection time in milliseconds; got {retry!r}")
+    return exc
+
+
 def check_fields(event: Any, id: Any, retry: Any) -> None:
     """Check the typed fields of an event; ``None`` means absent and passes.
 
@@ -82,8 +95,7 @@ def check_fields(event: Any, id: Any, retry: Any) -> None:
     """
     if retry is not None:
         if type(retry) is not int and (isinstance(retry, bool) or not isinstance(retry, int)):
-            # "retry argument must be int": sse-starlette's words, which callers match on
-            raise TypeError(f"retry argument must be int (milliseconds), got {retry!r}")
+            raise retry_type_error(retry)
         if retry < 0:
             raise ValueError(f"retry must be >= 0 (milliseconds), got {retry!r}")
     if id is not None and not isinstance(id, str):
