@@ -12,6 +12,11 @@ announcement instead of polling or installing signal handlers of its own:
   ``terminated`` event when its shutdown trigger fires (SIGINT/SIGTERM, or
   the parent's shutdown event under ``--workers``); one task per loop (a
   system task under trio) awaits it.
+- **granian**: its worker's SIGINT/SIGTERM handler (``loop.add_signal_handler``)
+  starts a drain in Rust that waits for every request without a limit; the
+  Python-level handler is chained so the streams end as the drain starts.
+- **daphne**: Twisted's SIGINT/SIGTERM handler stops the reactor, which first
+  cancels every request; it is chained and held until the streams ended.
 
 The server object is found by walking the coroutines of the loop's tasks for
 the server's serving frame (uvicorn's ``Server.serve``, hypercorn's
@@ -24,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +79,8 @@ def hook_asyncio(reg: Registry, loop: asyncio.AbstractEventLoop) -> None:
             found = _find(_frames_of(task.get_coro()))
             if found is not None:
                 break
+        if found is None:
+            found = _find_by_signal_handler()
     except Exception:  # introspection is best effort; streams work without the hook
         logger.debug("looking for the ASGI server failed", exc_info=True)
         return
@@ -79,9 +89,73 @@ def hook_asyncio(reg: Registry, loop: asyncio.AbstractEventLoop) -> None:
     kind, obj = found
     if kind == "uvicorn":
         _hook_uvicorn(reg, obj)
-    else:
+    elif kind == "hypercorn":
         reg.hooked = obj
         loop.create_task(_await_terminated(reg, obj), name="sse_fast: hypercorn shutdown hook")
+    else:
+        _chain_signal_handlers(reg, loop, hold=kind == "daphne")
+
+
+def _find_by_signal_handler() -> tuple[str, Any] | None:
+    """granian and daphne: servers whose shutdown starts in a Python-level signal handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if owner is not None and type(owner).__module__.startswith("twisted."):
+        return "daphne", owner
+    frame = sys._getframe()
+    while frame is not None:
+        # granian's worker function runs the loop: its frame is below every task's
+        if frame.f_globals.get("__name__", "").startswith("granian.") and "worker" in frame.f_code.co_name:
+            return "granian", None
+        frame = frame.f_back
+    return None
+
+
+#: seconds daphne's stop may be held for streams to end (plus the largest grace period)
+HOLD_SECONDS = 5.0
+_chained: set[int] = set()
+
+
+def _chain_signal_handlers(reg: Registry, loop: asyncio.AbstractEventLoop, *, hold: bool) -> None:
+    """Run the server's own SIGINT/SIGTERM handler after telling ``reg``'s streams.
+
+    granian: its handler (installed by ``loop.add_signal_handler``) starts an
+    unbounded drain in Rust, which ends once the streams end: chain, no hold.
+    daphne: Twisted's handler stops the reactor, whose first shutdown step
+    cancels every request: hold it until the streams have ended (at most
+    ``HOLD_SECONDS`` plus the largest grace period).
+    """
+    reg.hooked = "signals"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        original = signal.getsignal(sig)
+        if sig in _chained or not callable(original) or original is signal.default_int_handler:
+            continue
+
+        def chained(signum: int, frame: Any, _original: Any = original) -> None:
+            # in signal context: only schedule, never run stream code here
+            if hold:
+                loop.call_soon_threadsafe(_exit_then_call, reg, loop, _original, signum)
+            else:
+                loop.call_soon_threadsafe(reg.server_exiting)
+                _original(signum, frame)
+
+        signal.signal(sig, chained)
+        _chained.add(sig)
+
+
+def _exit_then_call(reg: Registry, loop: asyncio.AbstractEventLoop, original: Any, signum: int) -> None:
+    reg.server_exiting()
+    grace = max((getattr(s, "grace", 0) or 0 for s in reg.streams), default=0)
+    deadline = loop.time() + HOLD_SECONDS + grace
+
+    def poll() -> None:
+        if not reg.streams or loop.time() >= deadline:
+            original(signum, None)
+        else:
+            loop.call_later(0.02, poll)
+
+    poll()
 
 
 def _hook_uvicorn(reg: Registry, server: Any) -> None:

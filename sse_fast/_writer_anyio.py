@@ -146,7 +146,11 @@ class GenericStream:
                 self._notify()
                 await self._writer_done.wait()
                 if self.error is None and failure is None:
-                    await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
+                    # shielded (send_timeout still bounds it): hypercorn's trio worker
+                    # reports http.disconnect while this very send is in progress, and
+                    # cutting it short would leave the connection to its graceful timeout
+                    with anyio.CancelScope(shield=True):
+                        await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # anyio wraps task failures; the caller gets the exception itself
