@@ -29,6 +29,7 @@ server, an outer timeout) still propagates.
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +110,7 @@ class StreamWriter:
         "_deadline_hit",
         "_send_started",
         "_flush_deadline",
+        "_handoff",
     )
 
     def __init__(
@@ -152,6 +154,7 @@ class StreamWriter:
         self._deadline_hit = False
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
+        self._handoff: tuple[Any, Any] | None = None  # a send started inline, for the writer task to finish
 
     # -- stop requests (loop thread: other tasks, timers, callbacks) ----------
 
@@ -261,6 +264,40 @@ class StreamWriter:
             self._flush_deadline = None
         self._cancel_writer()
 
+    # -- sends started by a publisher (broadcast fan-out) -----------------------
+
+    @property
+    def idle(self) -> bool:
+        """Streaming, nothing buffered, no send in flight, and the writer task waiting for data."""
+        sb = self.buffer
+        return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
+
+    def send_inline(self, body: bytes) -> None:
+        """Send ``body`` now, in the caller's task, when the stream is ``idle``.
+
+        The server's ``send()`` coroutine is started here; when it completes at
+        once (the usual case) no task is woken at all. When it suspends (the
+        client is slow), the writer task finishes it, keeping the order of
+        everything sent after it. Failures end this stream, never the caller.
+        """
+        sb = self.buffer
+        coro = self.send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self.sent_bytes += len(body)
+            self.sends += 1
+            return
+        except OSError:
+            self.stop(STOP_DISCONNECT)
+            return
+        except Exception as exc:
+            self.fail(exc)
+            return
+        sb.inflight = len(body)
+        self._handoff = (coro, waiting)
+        sb.notify()
+
     # -- the writer task ------------------------------------------------------
 
     async def _write_loop(self) -> None:
@@ -270,6 +307,23 @@ class StreamWriter:
         timeout = self.send_timeout
         try:
             while True:
+                if self._handoff is not None:
+                    coro, waiting = self._handoff
+                    self._handoff = None
+                    size = sb.inflight
+                    if timeout is not None:
+                        self._send_started = loop.time()
+                        if self._deadline is None:
+                            self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
+                    await _finish_send(coro, waiting)
+                    self._send_started = None
+                    if self.error is not None or self.stop_reason == STOP_DISCONNECT:
+                        return
+                    sb.inflight = 0
+                    self.sent_bytes += size
+                    self.sends += 1
+                    sb.room_made()
+                    continue
                 if not len(sb):
                     if sb.closing:
                         return
@@ -306,6 +360,9 @@ class StreamWriter:
             self.fail(exc)
         finally:
             self._send_started = None
+            if self._handoff is not None:  # torn down before it could finish the inline send
+                self._handoff[0].close()
+                self._handoff = None
 
     # -- the producer, in the response's task ----------------------------------
 
@@ -380,3 +437,30 @@ class StreamWriter:
             await self.send(message)
         if scope.cancel_called:
             raise timeout_error(self.send_timeout)
+
+
+@types.coroutine
+def _finish_send(coro: Any, waiting: Any) -> Any:
+    """Finish a ``send()`` coroutine that was started inline and suspended on ``waiting``.
+
+    A generator-based coroutine that hands ``waiting`` (exactly what the
+    server's coroutine yielded) to the writer's task and relays what the task
+    sends or throws in, as ``await`` would have from the start. Only the
+    server's ``send()`` is ever driven this way, never user code.
+    """
+    while True:
+        try:
+            value = yield waiting
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                waiting = coro.send(value)
+            except StopIteration as stop:
+                return stop.value

@@ -327,6 +327,9 @@ class EventSourceResponse(Response):
             ping_when_idle=self.ping_when_idle,
             max_buffer_bytes=self.max_buffer_bytes,
         )
+        attach = getattr(self.body_iterator, "_sse_fast_attach", None)
+        if attach is not None:  # a broadcast subscription delivers straight to this writer
+            attach(writer)
         registry = registry_for(loop)
         stream = _Stream(writer, self._shutdown_event, self._shutdown_grace_period, loop)
         registry.add(stream)

@@ -1,0 +1,450 @@
+"""Broadcast: topics, encode once, replay after ``Last-Event-ID``, fan-out near the ASGI ceiling.
+
+An event published to a topic is given an id (unless it has one), encoded
+once per line separator, kept in the topic's history (a ring bounded by count,
+bytes and optionally age) and handed to every subscriber as the same bytes
+object:
+
+- a subscriber streamed by sse_fast's ``EventSourceResponse`` on asyncio is
+  *attached* to its stream's writer: when that writer is idle, the publisher
+  starts the ``send()`` itself (no queue, no task woken; a send that suspends
+  is finished by the stream's writer task); otherwise the bytes are appended
+  to the stream's buffer and its writer is woken;
+- any other consumer (trio, a wrapping generator, another response class)
+  iterates the subscription as a plain async iterator of ``bytes``.
+
+A subscriber that falls more than ``max_subscriber_bytes`` behind is cut (it
+reconnects with ``Last-Event-ID`` and replay fills the hole) or, with
+``on_slow="drop"``, loses what it had not been sent yet, with a gap event in
+its place. A client whose ``Last-Event-ID`` is older than the history (or
+unknown) first receives a gap event (``event: <gap_event>``, data: JSON with
+the ``last_event_id`` it sent and the ``oldest`` id still kept), or what
+``on_gap`` returns instead (a snapshot of the state, say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import _encoder
+from .._writer import STOP_SHUTDOWN
+from ..event import ServerSentEvent
+
+__all__ = ["Broadcast", "Subscription"]
+
+_SEPS = ("\r\n", "\n", "\r")
+
+
+class _Entry:
+    """One published event: its id and its bytes per separator (encoded on first need)."""
+
+    __slots__ = ("id", "seq", "item", "encoded", "size", "time")
+
+    def __init__(self, seq: int, id: str | None, item: Any, now: float) -> None:
+        self.seq = seq
+        self.id = id
+        self.item = item
+        self.encoded: dict[str, bytes] = {}
+        self.time = now
+        self.size = len(self.bytes_for("\r\n"))
+
+    def bytes_for(self, sep: str) -> bytes:
+        data = self.encoded.get(sep)
+        if data is None:
+            data = self.encoded[sep] = _encode(self.item, self.id, sep)
+        return data
+
+
+def _encode(item: Any, id: str | None, sep: str) -> bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)  # preformatted: sent as it is
+    if isinstance(item, ServerSentEvent):
+        return _encoder.encode_fields(item.data, item.event, id if item.id is None else item.id,
+                                      item.retry, item.comment, sep)
+    if isinstance(item, dict):
+        if id is not None and item.get("id") is None:
+            item = {**item, "id": id}
+        return _encoder.encode_item(item, sep)
+    return _encoder.encode_fields(str(item), None, id, None, None, sep)
+
+
+def _in_asyncio_task() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio loop (trio)
+        return False
+
+
+def _item_id(item: Any) -> str | None:
+    if isinstance(item, ServerSentEvent):
+        return item.id
+    if isinstance(item, dict):
+        value = item.get("id")
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"an event's id must be a str, got {value!r}")
+        return value
+    return None
+
+
+class _Topic:
+    __slots__ = ("name", "history", "by_id", "history_bytes", "subscribers", "next_seq")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.history: deque[_Entry] = deque()
+        self.by_id: dict[str, _Entry] = {}
+        self.history_bytes = 0
+        self.subscribers: set[Subscription] = set()
+        self.next_seq = 1
+
+
+class Broadcast:
+    """Publish events to topics; every subscriber of a topic gets each event, encoded once.
+
+    Args:
+        history: events kept per topic for replay (count), >= 0.
+        history_bytes: bytes of events kept per topic for replay, >= 0.
+        history_seconds: drop events older than this from the history, or ``None``.
+        max_subscriber_bytes: bytes a subscriber may fall behind (buffered plus
+            in flight) before ``on_slow`` applies; >= 1.
+        on_slow: ``"disconnect"`` (end its stream; it comes back with
+            ``Last-Event-ID``) or ``"drop"`` (lose what was not sent, send a gap event).
+        gap_event: the event type that signals a gap (replay impossible, or events dropped).
+        on_gap: ``(topic, last_event_id) -> iterable of events`` sent instead of
+            the gap event when replay is impossible (a state snapshot), or ``None``.
+
+    Raises:
+        ValueError, TypeError: an argument out of range or of the wrong type.
+
+    One broadcast belongs to one event loop (the one it is first used on);
+    ``publish_threadsafe`` reaches it from other threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int = 1000,
+        history_bytes: int = 1 << 20,
+        history_seconds: float | None = None,
+        max_subscriber_bytes: int = 256 * 1024,
+        on_slow: str = "disconnect",
+        gap_event: str = "sse_fast.gap",
+        on_gap: Callable[[str, str], Iterable[Any]] | None = None,
+    ) -> None:
+        for name, value, low in (("history", history, 0), ("history_bytes", history_bytes, 0),
+                                 ("max_subscriber_bytes", max_subscriber_bytes, 1)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        if history_seconds is not None and (isinstance(history_seconds, bool)
+                                            or not isinstance(history_seconds, (int, float))
+                                            or not history_seconds > 0):
+            raise ValueError(f"history_seconds must be a number of seconds > 0 or None, got {history_seconds!r}")
+        if on_slow not in ("disconnect", "drop"):
+            raise ValueError(f"on_slow must be 'disconnect' or 'drop', got {on_slow!r}")
+        if not isinstance(gap_event, str) or not gap_event or "\n" in gap_event or "\r" in gap_event:
+            raise ValueError(f"gap_event must be a non-empty single-line str, got {gap_event!r}")
+        if on_gap is not None and not callable(on_gap):
+            raise TypeError(f"on_gap must be callable, got {on_gap!r}")
+        self.history = history
+        self.history_bytes = history_bytes
+        self.history_seconds = history_seconds
+        self.max_subscriber_bytes = max_subscriber_bytes
+        self.on_slow = on_slow
+        self.gap_event = gap_event
+        self.on_gap = on_gap
+        self._topics: dict[str, _Topic] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, event: Any, topic: str = "default") -> str:
+        """Publish ``event`` to every subscriber of ``topic``; call it from the event loop's thread.
+
+        Args:
+            event: a ``ServerSentEvent``, a dict of fields (``data``, ``event``,
+                ``id``, ``retry``, ``comment``), preformatted ``bytes`` (sent as
+                they are, without an id), or any object (sent as ``data``).
+            topic: the topic's name.
+
+        Returns:
+            The event's id: the one it carries, or the next number of the topic.
+
+        Raises:
+            TypeError, ValueError: the event cannot be encoded (nothing is sent).
+        """
+        self._bind()
+        t = self._topic(topic)
+        given = _item_id(event)
+        seq = t.next_seq
+        t.next_seq += 1
+        eid = given if given is not None else (None if isinstance(event, (bytes, bytearray, memoryview)) else str(seq))
+        entry = _Entry(seq, eid, event, time.monotonic())  # encodes: a bad event raises here, before anyone gets it
+        self._remember(t, entry)
+        inline = _in_asyncio_task()
+        for sub in list(t.subscribers):
+            sub._deliver(entry, inline)
+        return eid if eid is not None else str(seq)
+
+    def publish_threadsafe(self, event: Any, topic: str = "default") -> None:
+        """``publish`` from any thread (sync code, a worker thread); returns at once.
+
+        Raises:
+            RuntimeError: the broadcast has not been used on an event loop yet,
+                or that loop is closed.
+        """
+        if self.loop is None:
+            raise RuntimeError("publish_threadsafe: the broadcast is not bound to an event loop yet "
+                               "(subscribe or publish on the loop first)")
+        schedule = getattr(self.loop, "call_soon_threadsafe", None) or self.loop.run_sync_soon  # trio token
+        schedule(self.publish, event, topic)
+
+    # -- subscribing ------------------------------------------------------------
+
+    def subscribe(self, topic: str = "default", last_event_id: str | None = None) -> Subscription:
+        """A subscription to ``topic``, to give to ``EventSourceResponse`` as its content.
+
+        Args:
+            topic: the topic's name.
+            last_event_id: the ``Last-Event-ID`` the client sent: the events
+                after it are replayed first, in order, then live ones.
+        """
+        return Subscription(self, topic, last_event_id)
+
+    def response(self, request: Any, topic: str = "default", **kwargs: Any) -> Any:
+        """``EventSourceResponse(self.subscribe(topic, <request's Last-Event-ID>), **kwargs)``.
+
+        Args:
+            request: a Starlette ``Request`` (its ``Last-Event-ID`` header is read).
+            kwargs: ``EventSourceResponse``'s arguments (ping, send_timeout, ...).
+        """
+        from ..response import EventSourceResponse
+
+        last = request.headers.get("last-event-id")
+        return EventSourceResponse(self.subscribe(topic, last), **kwargs)
+
+    def subscribers(self, topic: str = "default") -> int:
+        """How many subscribers ``topic`` has now."""
+        t = self._topics.get(topic)
+        return 0 if t is None else len(t.subscribers)
+
+    # -- internals --------------------------------------------------------------
+
+    def _bind(self) -> None:
+        if self.loop is None:
+            try:
+                self.loop = asyncio.get_running_loop()
+            except RuntimeError:
+                try:
+                    import trio
+
+                    self.loop = trio.lowlevel.current_trio_token()  # type: ignore[assignment]
+                except (ImportError, RuntimeError):
+                    pass
+
+    def _topic(self, name: str) -> _Topic:
+        t = self._topics.get(name)
+        if t is None:
+            if not isinstance(name, str):
+                raise TypeError(f"topic must be a str, got {name!r}")
+            t = self._topics[name] = _Topic(name)
+        return t
+
+    def _remember(self, t: _Topic, entry: _Entry) -> None:
+        if self.history == 0 or self.history_bytes == 0:
+            return
+        t.history.append(entry)
+        t.history_bytes += entry.size
+        if entry.id is not None:
+            t.by_id[entry.id] = entry
+        self._trim(t)
+
+    def _trim(self, t: _Topic) -> None:
+        h = t.history
+        oldest_kept = None if self.history_seconds is None else time.monotonic() - self.history_seconds
+        while h and (len(h) > self.history or t.history_bytes > self.history_bytes
+                     or (oldest_kept is not None and h[0].time < oldest_kept)):
+            old = h.popleft()
+            t.history_bytes -= old.size
+            if old.id is not None and t.by_id.get(old.id) is old:
+                del t.by_id[old.id]
+
+    def _replay(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
+        """What a subscriber that saw ``last_event_id`` has missed, as bytes, gap first if any."""
+        if last_event_id is None:
+            return []
+        self._trim(t)
+        entry = t.by_id.get(last_event_id)
+        if entry is not None:
+            return [e.bytes_for(sep) for e in t.history if e.seq > entry.seq]
+        # unknown or older than the history: a gap the client can see, then what is kept
+        out = self._gap(t, last_event_id, sep)
+        out.extend(e.bytes_for(sep) for e in t.history)
+        return out
+
+    def _gap(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
+        if self.on_gap is not None and last_event_id is not None:
+            return [_encoder.encode_item(item, sep) for item in self.on_gap(t.name, last_event_id)]
+        oldest = t.history[0].id if t.history else None
+        data = json.dumps({"last_event_id": last_event_id, "oldest": oldest}, separators=(",", ":"))
+        return [_encoder.encode_fields(data, self.gap_event, None, None, None, sep)]
+
+
+class Subscription:
+    """One subscriber of a topic: the content of an ``EventSourceResponse``, or an async iterator of bytes.
+
+    Made by ``Broadcast.subscribe``. Under sse_fast's response on asyncio it
+    attaches to the stream's writer (see the module docstring); iterated by
+    anything else it yields the encoded events (``bytes``, separator
+    ``"\\r\\n"``). It unregisters itself when the stream ends (disconnect,
+    shutdown, ``aclose()``).
+    """
+
+    def __init__(self, broadcast: Broadcast, topic: str, last_event_id: str | None) -> None:
+        if last_event_id is not None and not isinstance(last_event_id, str):
+            raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
+        self.broadcast = broadcast
+        self.topic = topic
+        self.last_event_id = last_event_id
+        self._writer: Any = None  # the attached stream writer
+        self._sep = "\r\n"
+        self._queue: deque[bytes] | None = None  # not attached: what waits for __anext__
+        self._queued = 0
+        self._ready: Any = None
+        self._live = False
+        self._closed = False
+
+    # the response attaches its writer before streaming (sse_fast.response)
+    def _sse_fast_attach(self, writer: Any) -> None:
+        self._writer = writer
+        self._sep = writer.sep
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._live:
+            self._go_live()
+        if self._writer is not None:
+            # attached: the publisher delivers straight to the stream; this task
+            # only waits until the stream ends (its cancellation unregisters)
+            try:
+                await asyncio.get_running_loop().create_future()
+            finally:
+                self._leave()
+            raise StopAsyncIteration
+        return await self._next_queued()
+
+    async def aclose(self) -> None:
+        """Unregister; the iteration ends."""
+        self._leave()
+        if self._ready is not None:
+            self._ready.set()
+
+    def _go_live(self) -> None:
+        b = self.broadcast
+        b._bind()
+        t = b._topic(self.topic)
+        backlog = b._replay(t, self.last_event_id, self._sep)
+        # replay and registration in one step of the loop: no gap, no duplicate at the seam
+        if self._writer is not None:
+            sb = self._writer.buffer
+            for data in backlog:
+                sb.append_bytes(data)
+            if backlog:
+                sb.notify()
+        else:
+            self._queue = deque(backlog)
+            self._queued = sum(len(d) for d in backlog)
+        t.subscribers.add(self)
+        self._live = True
+
+    def _leave(self) -> None:
+        if not self._closed:
+            self._closed = True
+            t = self.broadcast._topics.get(self.topic)
+            if t is not None:
+                t.subscribers.discard(self)
+
+    def _deliver(self, entry: _Entry, inline: bool) -> None:
+        data = entry.bytes_for(self._sep)
+        w = self._writer
+        if w is not None:
+            if w.stop_reason is not None:
+                return
+            sb = w.buffer
+            if len(sb) + sb.inflight + len(data) > self.broadcast.max_subscriber_bytes:
+                self._slow(data)
+                return
+            if inline and w.idle:
+                w.send_inline(data)
+            else:
+                sb.append_bytes(data)
+                sb.notify()
+            return
+        q = self._queue
+        if q is None:
+            return
+        if self._queued + len(data) > self.broadcast.max_subscriber_bytes:
+            self._slow(data)
+            return
+        q.append(data)
+        self._queued += len(data)
+        if self._ready is not None:
+            self._ready.set()
+
+    def _slow(self, data: bytes) -> None:
+        b = self.broadcast
+        t = b._topics.get(self.topic)
+        if b.on_slow == "disconnect":
+            self._leave()
+            if self._writer is not None:
+                # end the stream; the client reconnects with Last-Event-ID and replays
+                self._writer.buffer.clear()
+                self._writer.stop(STOP_SHUTDOWN)
+            else:
+                self._queue = None
+                if self._ready is not None:
+                    self._ready.set()
+            return
+        # "drop": what was not sent yet is lost, a gap event says so
+        gap = b._gap(t, None, self._sep) if t is not None else []
+        if self._writer is not None:
+            sb = self._writer.buffer
+            sb.clear()
+            for g in gap:
+                sb.append_bytes(g)
+            sb.append_bytes(data)
+            sb.notify()
+        elif self._queue is not None:
+            self._queue.clear()
+            self._queue.extend(gap)
+            self._queue.append(data)
+            self._queued = sum(len(d) for d in self._queue)
+            if self._ready is not None:
+                self._ready.set()
+
+    async def _next_queued(self) -> bytes:
+        import anyio
+
+        while True:
+            q = self._queue
+            if q is None or self._closed:
+                raise StopAsyncIteration
+            if q:
+                data = q.popleft()
+                self._queued -= len(data)
+                return data
+            self._ready = anyio.Event()
+            try:
+                await self._ready.wait()
+            except BaseException:
+                self._leave()
+                raise
+
