@@ -207,27 +207,34 @@ class Broadcast:
 
     # -- subscribing ------------------------------------------------------------
 
-    def subscribe(self, topic: str = "default", last_event_id: str | None = None) -> Subscription:
+    def subscribe(self, topic: str = "default", last_event_id: str | None = None, *,
+                  retry: int | None = None) -> Subscription:
         """A subscription to ``topic``, to give to ``EventSourceResponse`` as its content.
 
         Args:
             topic: the topic's name.
             last_event_id: the ``Last-Event-ID`` the client sent: the events
                 after it are replayed first, in order, then live ones.
-        """
-        return Subscription(self, topic, last_event_id)
+            retry: a reconnection time (milliseconds) sent first, or ``None``.
 
-    def response(self, request: Any, topic: str = "default", **kwargs: Any) -> Any:
-        """``EventSourceResponse(self.subscribe(topic, <request's Last-Event-ID>), **kwargs)``.
+        Raises:
+            TypeError: ``last_event_id`` is not a str, or ``retry`` not an int.
+            ValueError: ``retry`` is negative.
+        """
+        return Subscription(self, topic, last_event_id, retry=retry)
+
+    def response(self, request: Any, topic: str = "default", *, retry: int | None = None, **kwargs: Any) -> Any:
+        """``EventSourceResponse(self.subscribe(topic, <request's Last-Event-ID>, retry=retry), **kwargs)``.
 
         Args:
             request: a Starlette ``Request`` (its ``Last-Event-ID`` header is read).
+            retry: a reconnection time (milliseconds) sent first, or ``None``.
             kwargs: ``EventSourceResponse``'s arguments (ping, send_timeout, ...).
         """
         from ..response import EventSourceResponse
 
         last = request.headers.get("last-event-id")
-        return EventSourceResponse(self.subscribe(topic, last), **kwargs)
+        return EventSourceResponse(self.subscribe(topic, last, retry=retry), **kwargs)
 
     def subscribers(self, topic: str = "default") -> int:
         """How many subscribers ``topic`` has now."""
@@ -306,9 +313,16 @@ class Subscription:
     shutdown, ``aclose()``).
     """
 
-    def __init__(self, broadcast: Broadcast, topic: str, last_event_id: str | None) -> None:
+    def __init__(self, broadcast: Broadcast, topic: str, last_event_id: str | None, *,
+                 retry: int | None = None) -> None:
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise TypeError(f"last_event_id must be a str or None, got {last_event_id!r}")
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, got {topic!r}")
+        if retry is not None:
+            _encoder.encode_fields(retry=retry)  # the encoder's own check, early
+        self.retry = retry
+        self._wait: Any = None  # the attached stream's task waits on it; aclose() resolves it
         self.broadcast = broadcast
         self.topic = topic
         self.last_event_id = last_event_id
@@ -334,24 +348,34 @@ class Subscription:
         if self._writer is not None:
             # attached: the publisher delivers straight to the stream; this task
             # only waits until the stream ends (its cancellation unregisters)
-            try:
-                await asyncio.get_running_loop().create_future()
-            finally:
-                self._leave()
+            if not self._closed:
+                self._wait = asyncio.get_running_loop().create_future()
+                try:
+                    await self._wait
+                finally:
+                    self._wait = None
+                    self._leave()
             raise StopAsyncIteration
         return await self._next_queued()
 
     async def aclose(self) -> None:
-        """Unregister; the iteration ends."""
+        """Unregister and end the iteration (an attached stream then ends cleanly)."""
         self._leave()
         if self._ready is not None:
             self._ready.set()
+        if self._wait is not None and not self._wait.done():
+            self._wait.set_result(None)
 
     def _go_live(self) -> None:
+        self._live = True
+        if self._closed:
+            return  # closed before it started: never registered
         b = self.broadcast
         b._bind()
         t = b._topic(self.topic)
         backlog = b._replay(t, self.last_event_id, self._sep)
+        if self.retry is not None:
+            backlog.insert(0, _encoder.encode_fields(retry=self.retry, sep=self._sep))
         # replay and registration in one step of the loop: no gap, no duplicate at the seam
         if self._writer is not None:
             sb = self._writer.buffer
@@ -363,7 +387,6 @@ class Subscription:
             self._queue = deque(backlog)
             self._queued = sum(len(d) for d in backlog)
         t.subscribers.add(self)
-        self._live = True
 
     def _leave(self) -> None:
         if not self._closed:
@@ -379,7 +402,9 @@ class Subscription:
             if w.stop_reason is not None:
                 return
             sb = w.buffer
-            if len(sb) + sb.inflight + len(data) > self.broadcast.max_subscriber_bytes:
+            pending = len(sb) + sb.inflight
+            # an event larger than the bound still goes to a subscriber that is keeping up
+            if pending and pending + len(data) > self.broadcast.max_subscriber_bytes:
                 self._slow(data)
                 return
             if inline and w.idle:
@@ -391,7 +416,7 @@ class Subscription:
         q = self._queue
         if q is None:
             return
-        if self._queued + len(data) > self.broadcast.max_subscriber_bytes:
+        if self._queued and self._queued + len(data) > self.broadcast.max_subscriber_bytes:
             self._slow(data)
             return
         q.append(data)
@@ -434,6 +459,8 @@ class Subscription:
         import anyio
 
         while True:
+            if not self._live:
+                self._go_live()
             q = self._queue
             if q is None or self._closed:
                 raise StopAsyncIteration
