@@ -1,37 +1,227 @@
 """Fan-out: N streams each fed one ~100-byte event every 100 ms by one broadcaster.
 
 For each implementation a fresh server (uvicorn, uvloop + httptools, pinned to
-core 0) serves ``/fanout?impl=I&interval=0.1&size=100``: one broadcaster task
-puts each event on every client's ``asyncio.Queue``; each client's generator
-yields what its queue gets. The event data carries the server's ``time.time()``
-at broadcast (``"t"``). This process (pinned to core 1) holds the N streams with
-raw asyncio sockets and, for every event received, takes ``time.time() - t`` as
-the delivery latency. Server CPU comes from psutil over the measuring window.
+core 0) serves ``/fanout?impl=I&interval=0.1&size=100``. The event data carries
+the server's ``time.time()`` at broadcast (``"t"``). This process (pinned to
+core 1) holds the N streams with raw asyncio sockets and, for every event
+received, takes ``time.time() - t`` as the delivery latency. Server CPU comes
+from the server's ``/proc/PID/task/*/schedstat`` over the measuring window.
+
+Rows (``--impls``):
+
+- ``sse_starlette``, ``sse_fast``: queue per client (``benchmarks/apps.py``):
+  one broadcaster task puts each event on every client's ``asyncio.Queue``;
+  each client's generator yields what its queue gets.
+- ``sse_fast_broadcast``: ``sse_fast.broadcast.Broadcast``: one task publishes
+  each event to a topic; every ``EventSourceResponse(broadcast.subscribe(topic))``
+  gets it (encoded once, sent inline to idle streams). Served by this module's
+  ``app`` (see below).
+- ``raw``: the ceiling: a raw ASGI app whose broadcaster task encodes each event
+  once and awaits every connection's ``send()`` in turn (no pings, no
+  timeouts, no disconnect handling beyond unregistering). Also this module's ``app``.
+
+The same data (``{"seq":...,"t":...,"p":"xx..."}``, id = seq), the same
+absolute schedule in every row.
 
 Usage::
 
     python benchmarks/fanout.py                    # 1,000 streams, 20 s window
     python benchmarks/fanout.py --quick            # 300 streams, 6 s window
     python benchmarks/fanout.py --streams 1000 --seconds 20 --json out.json
+    python benchmarks/fanout.py --impls sse_fast,sse_fast_broadcast,raw
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import resource
+import shutil
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from urllib.parse import parse_qs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
-from _harness import cpu_seconds, machine, pin_self, probe_status, report, request_bytes, server  # noqa: E402
+from _harness import (  # noqa: E402
+    HERE,
+    ROOT,
+    SERVER_CORE,
+    Server,
+    cpu_seconds,
+    http_get,
+    machine,
+    ncpu,
+    pin_self,
+    probe_status,
+    report,
+    request_bytes,
+    server,
+    stop,
+)
 
-IMPLS = ["sse_starlette", "sse_fast"]
+IMPLS = ["sse_starlette", "sse_fast", "sse_fast_broadcast", "sse_fast_broadcast_inline", "raw"]
+#: served by this module's ``app`` (the others by ``benchmarks/apps.py``, unchanged)
+OWN_IMPLS = ("sse_fast_broadcast", "sse_fast_broadcast_inline", "raw")
+LABELS = {"sse_starlette": "sse_starlette (queue per client)", "sse_fast": "sse_fast (queue per client)",
+          "sse_fast_broadcast": "sse_fast broadcast (writer task woken per stream)",
+          "sse_fast_broadcast_inline": "sse_fast broadcast, inline_sends=True",
+          "raw": "raw ceiling (encode once, await each send)"}
 T_RE = re.compile(rb'"t":([0-9]+\.[0-9]+)')
+
+
+# ---------------------------------------------------------------- server side: broadcast and raw ceiling
+def _event_data(seq: int, pad: str) -> str:
+    """The data of event ``seq``: as ``benchmarks/apps.py``'s broadcaster writes it."""
+    return f'{{"seq":{seq:07d},"t":{time.time():.6f},"p":"{pad}"}}'
+
+
+def _pad(size: int) -> str:
+    return "x" * max(0, size - len('{"seq":0000000,"t":1700000000.000000,"p":""}'))
+
+
+class _Ticker:
+    """One task calling ``tick(seq)`` every ``interval`` seconds on an absolute schedule."""
+
+    def __init__(self, interval: float, tick) -> None:
+        self.interval = interval
+        self.tick = tick
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        seq = 0
+        start = loop.time()
+        while True:
+            seq += 1
+            await asyncio.sleep(max(0.0, start + seq * self.interval - loop.time()))
+            await self.tick(seq)
+
+
+class _RawFanout:
+    """The ceiling: each event encoded once, every connection's ``send()`` awaited in turn."""
+
+    def __init__(self, interval: float, size: int) -> None:
+        self.pad = _pad(size)
+        self.sends: set = set()
+        self.ticker = _Ticker(interval, self.tick)
+
+    async def tick(self, seq: int) -> None:
+        body = f"id: {seq}\r\ndata: {_event_data(seq, self.pad)}\r\n\r\n".encode()
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        for send in list(self.sends):
+            try:
+                await send(message)
+            except OSError:
+                self.sends.discard(send)
+
+    async def serve(self, receive, send) -> None:
+        from sse_fast.response import _DEFAULT_RAW_HEADERS
+
+        await send({"type": "http.response.start", "status": 200, "headers": list(_DEFAULT_RAW_HEADERS)})
+        self.sends.add(send)
+        self.ticker.start()
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            self.sends.discard(send)
+
+
+_BROADCAST: dict[bool, object] = {}
+_TICKERS: dict[tuple[float, int, bool], _Ticker] = {}
+_RAW: dict[tuple[float, int], _RawFanout] = {}
+
+
+def _broadcast_response(interval: float, size: int, ping, send_timeout, inline: bool = False):
+    from sse_fast import EventSourceResponse
+    from sse_fast.broadcast import Broadcast
+
+    if inline not in _BROADCAST:
+        _BROADCAST[inline] = Broadcast(inline_sends=inline)
+    b = _BROADCAST[inline]
+    topic = f"fanout/{interval!r}/{size}"
+    ticker = _TICKERS.get((interval, size, inline))
+    if ticker is None:
+        pad = _pad(size)
+
+        async def tick(seq: int) -> None:
+            b.publish({"id": str(seq), "data": _event_data(seq, pad)}, topic)
+
+        ticker = _TICKERS[(interval, size, inline)] = _Ticker(interval, tick)
+    ticker.start()
+    return EventSourceResponse(b.subscribe(topic), ping=ping, send_timeout=send_timeout)
+
+
+async def app(scope, receive, send) -> None:
+    """``/fanout?impl=sse_fast_broadcast|raw``; everything else goes to ``benchmarks/apps.py``."""
+    import apps
+
+    q = parse_qs(scope.get("query_string", b"").decode()) if scope["type"] == "http" else {}
+    impl = q.get("impl", [""])[0]
+    if scope["type"] != "http" or scope["path"] != "/fanout" or impl not in OWN_IMPLS:
+        await apps.app(scope, receive, send)
+        return
+    interval = float(q.get("interval", ["0.1"])[0])
+    size = int(q.get("size", ["100"])[0])
+    if impl == "raw":
+        fan = _RAW.get((interval, size))
+        if fan is None:
+            fan = _RAW[(interval, size)] = _RawFanout(interval, size)
+        await fan.serve(receive, send)
+        return
+    ping = float(q.get("ping", ["15"])[0])
+    send_timeout = float(q["send_timeout"][0]) if "send_timeout" in q else None
+    inline = impl == "sse_fast_broadcast_inline"
+    await _broadcast_response(interval, size, ping, send_timeout, inline)(scope, receive, send)
+
+
+@contextlib.contextmanager
+def own_server(core: int = SERVER_CORE, backlog: int = 8192) -> Iterator[Server]:
+    """``_harness.server()`` serving this module's ``app`` (same flags, same pinning, same cleanup)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", HERE, "fanout:app", "--fd", str(sock.fileno()),
+           "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+           "--lifespan", "off", "--timeout-graceful-shutdown", "1"]
+    if shutil.which("taskset") and core < ncpu():
+        cmd = ["taskset", "-c", str(core)] + cmd
+    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), cwd=ROOT, start_new_session=True)
+    sock.close()
+    try:
+        deadline = time.monotonic() + 20
+        pid = None
+        while time.monotonic() < deadline and pid is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {proc.returncode}")
+            try:
+                status, body = http_get(port, "/health", timeout=1.0)
+                if status == 200:
+                    pid = int(body.split()[1])
+            except OSError:
+                time.sleep(0.1)
+        if pid is None:
+            raise RuntimeError("server did not answer /health within 20 s")
+        yield Server(port=port, pid=pid, proc=proc)
+    finally:
+        stop(proc)
+
+
+# ---------------------------------------------------------------- client side
 
 
 class FanoutClient(asyncio.Protocol):
@@ -91,7 +281,7 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
     ``on_start(server_pid)``, when given, is called as the measuring window opens (profilers).
     """
     loop = asyncio.get_running_loop()
-    with server() as srv:
+    with (own_server() if impl in OWN_IMPLS else server()) as srv:
         p = psutil.Process(srv.pid)
         me = psutil.Process()
         path = f"/fanout?impl={impl}&interval={interval:g}&size={size}"
@@ -145,7 +335,7 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
         "p99_ms": _pct(lat, 0.99) * 1e3,
         "max_ms": (lat[-1] * 1e3) if lat else float("nan"),
     }
-    log(f"  {impl:14s} {streams} streams: server CPU {res['server_cpu_percent']:.1f}%, "
+    log(f"  {impl:18s} {streams} streams: server CPU {res['server_cpu_percent']:.1f}%, "
         f"latency p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, "
         f"{res['events']:,} events ({100 * res['events'] / expected:.0f}% of expected), "
         f"client CPU {res['client_cpu_percent']:.0f}%")
@@ -185,13 +375,17 @@ def table(res: dict) -> str:
     for impl in IMPLS:
         r = by.get(impl)
         if r:
-            rows.append(f"| {impl} | {r['server_cpu_percent']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+            rows.append(f"| {LABELS[impl]} | {r['server_cpu_percent']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
                         f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {100 * r['events'] / r['events_expected']:.0f}% |")
-    a, b = by.get("sse_fast"), by.get("sse_starlette")
-    if a and b:
-        rows.append(f"| sse_fast / sse-starlette | {a['server_cpu_percent'] / b['server_cpu_percent']:.2f} | "
-                    f"{a['p50_ms'] / b['p50_ms']:.2f} | {a['p90_ms'] / b['p90_ms']:.2f} | "
-                    f"{a['p99_ms'] / b['p99_ms']:.2f} | | |")
+    for x, y, label in (("sse_fast", "sse_starlette", "sse_fast / sse-starlette"),
+                        ("sse_fast_broadcast", "sse_starlette", "sse_fast broadcast / sse-starlette"),
+                        ("sse_fast_broadcast", "raw", "sse_fast broadcast / raw ceiling"),
+                        ("sse_fast_broadcast_inline", "raw", "sse_fast broadcast inline / raw ceiling")):
+        a, b = by.get(x), by.get(y)
+        if a and b:
+            rows.append(f"| {label} | {a['server_cpu_percent'] / b['server_cpu_percent']:.2f} | "
+                        f"{a['p50_ms'] / b['p50_ms']:.2f} | {a['p90_ms'] / b['p90_ms']:.2f} | "
+                        f"{a['p99_ms'] / b['p99_ms']:.2f} | | |")
     return "\n".join(rows)
 
 

@@ -29,6 +29,7 @@ server, an outer timeout) still propagates.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -111,6 +112,7 @@ class StreamWriter:
         "_send_started",
         "_flush_deadline",
         "_handoff",
+        "context",
     )
 
     def __init__(
@@ -155,6 +157,8 @@ class StreamWriter:
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
         self._handoff: tuple[Any, Any] | None = None  # a send started inline, for the writer task to finish
+        #: the context the writer task runs in (a copy of the response's), also for inline sends
+        self.context: contextvars.Context | None = None
 
     # -- stop requests (loop thread: other tasks, timers, callbacks) ----------
 
@@ -283,10 +287,13 @@ class StreamWriter:
         sb = self.buffer
         coro = self.send({"type": "http.response.body", "body": body, "more_body": True})
         try:
-            waiting = coro.send(None)
+            # the stream's own context (the one its writer task runs in), not the publisher's
+            waiting = self.context.run(coro.send, None)
         except StopIteration:
             self.sent_bytes += len(body)
             self.sends += 1
+            if self.ping_when_idle:
+                self._last_send = self.loop.time()
             return
         except OSError:
             self.stop(STOP_DISCONNECT)
@@ -322,6 +329,8 @@ class StreamWriter:
                     sb.inflight = 0
                     self.sent_bytes += size
                     self.sends += 1
+                    if self.ping_when_idle:
+                        self._last_send = loop.time()
                     sb.room_made()
                     continue
                 if not len(sb):
@@ -383,7 +392,8 @@ class StreamWriter:
         with self._enter(_STARTING):
             await self.send(start)
         if self.stop_reason is None:
-            self.writer_task = self.loop.create_task(self._write_loop())
+            self.context = contextvars.copy_context()
+            self.writer_task = self.loop.create_task(self._write_loop(), context=self.context)
             self._arm_ping()
             with self._enter(_PRODUCING):
                 try:

@@ -381,6 +381,9 @@ class EventSourceResponse(Response):
             shutdown_event=self._shutdown_event,
             shutdown_grace_period=self._shutdown_grace_period,
         )
+        use_sep = getattr(self.body_iterator, "_sse_fast_use_sep", None)
+        if use_sep is not None:  # a broadcast subscription encodes with this response's separator
+            use_sep(self.sep)
         registry = trio_registry() if _in_trio() else None
         if registry is not None:
             registry.add(stream)

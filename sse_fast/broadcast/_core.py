@@ -116,7 +116,16 @@ class Broadcast:
             ``Last-Event-ID``) or ``"drop"`` (lose what was not sent, send a gap event).
         gap_event: the event type that signals a gap (replay impossible, or events dropped).
         on_gap: ``(topic, last_event_id) -> iterable of events`` sent instead of
-            the gap event when replay is impossible (a state snapshot), or ``None``.
+            the gap event and the history when replay is impossible (a full
+            state snapshot; live events follow it), or ``None``.
+        inline_sends: let ``publish`` (called from a task) start an idle
+            stream's ``send()`` itself: no task is woken per subscriber, the
+            fan-out nears the ASGI ceiling. Only for apps whose ``send`` path
+            does not depend on the task it runs in: a middleware that wraps
+            ``send`` in a cancel scope or a timeout would see the send start
+            in the publisher's task and finish in the stream's (the context
+            variables are the stream's). Off by default: the publisher appends
+            to each stream's buffer and wakes its writer task.
 
     Raises:
         ValueError, TypeError: an argument out of range or of the wrong type.
@@ -135,6 +144,7 @@ class Broadcast:
         on_slow: str = "disconnect",
         gap_event: str = "sse_fast.gap",
         on_gap: Callable[[str, str], Iterable[Any]] | None = None,
+        inline_sends: bool = False,
     ) -> None:
         for name, value, low in (("history", history, 0), ("history_bytes", history_bytes, 0),
                                  ("max_subscriber_bytes", max_subscriber_bytes, 1)):
@@ -159,6 +169,7 @@ class Broadcast:
         self.on_slow = on_slow
         self.gap_event = gap_event
         self.on_gap = on_gap
+        self.inline_sends = bool(inline_sends)
         self._topics: dict[str, _Topic] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -183,11 +194,11 @@ class Broadcast:
         t = self._topic(topic)
         given = _item_id(event)
         seq = t.next_seq
-        t.next_seq += 1
         eid = given if given is not None else (None if isinstance(event, (bytes, bytearray, memoryview)) else str(seq))
         entry = _Entry(seq, eid, event, time.monotonic())  # encodes: a bad event raises here, before anyone gets it
+        t.next_seq += 1  # only an event that could be encoded takes a number
         self._remember(t, entry)
-        inline = _in_asyncio_task()
+        inline = self.inline_sends and _in_asyncio_task()
         for sub in list(t.subscribers):
             sub._deliver(entry, inline)
         return eid if eid is not None else str(seq)
@@ -290,9 +301,12 @@ class Broadcast:
         entry = t.by_id.get(last_event_id)
         if entry is not None:
             return [e.bytes_for(sep) for e in t.history if e.seq > entry.seq]
-        # unknown or older than the history: a gap the client can see, then what is kept
+        # unknown or older than the history: a gap the client can see, then what
+        # is kept; or the app's snapshot of the whole state, which the history
+        # must not be applied to again
         out = self._gap(t, last_event_id, sep)
-        out.extend(e.bytes_for(sep) for e in t.history)
+        if self.on_gap is None:
+            out.extend(e.bytes_for(sep) for e in t.history)
         return out
 
     def _gap(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
@@ -322,6 +336,7 @@ class Subscription:
         if retry is not None:
             _encoder.encode_fields(retry=retry)  # the encoder's own check, early
         self.retry = retry
+        self._allowance = 0  # the replay backlog's bytes, allowed on top of max_subscriber_bytes
         self._wait: Any = None  # the attached stream's task waits on it; aclose() resolves it
         self.broadcast = broadcast
         self.topic = topic
@@ -338,6 +353,10 @@ class Subscription:
     def _sse_fast_attach(self, writer: Any) -> None:
         self._writer = writer
         self._sep = writer.sep
+
+    # the generic (trio) path tells its separator only
+    def _sse_fast_use_sep(self, sep: str) -> None:
+        self._sep = sep
 
     def __aiter__(self) -> Subscription:
         return self
@@ -376,6 +395,8 @@ class Subscription:
         backlog = b._replay(t, self.last_event_id, self._sep)
         if self.retry is not None:
             backlog.insert(0, _encoder.encode_fields(retry=self.retry, sep=self._sep))
+        # a reconnecting client's replay (at most history_bytes) must not count as falling behind
+        self._allowance = sum(len(d) for d in backlog)
         # replay and registration in one step of the loop: no gap, no duplicate at the seam
         if self._writer is not None:
             sb = self._writer.buffer
@@ -404,7 +425,7 @@ class Subscription:
             sb = w.buffer
             pending = len(sb) + sb.inflight
             # an event larger than the bound still goes to a subscriber that is keeping up
-            if pending and pending + len(data) > self.broadcast.max_subscriber_bytes:
+            if pending and pending + len(data) > self.broadcast.max_subscriber_bytes + self._allowance:
                 self._slow(data)
                 return
             if inline and w.idle:
@@ -416,7 +437,7 @@ class Subscription:
         q = self._queue
         if q is None:
             return
-        if self._queued and self._queued + len(data) > self.broadcast.max_subscriber_bytes:
+        if self._queued and self._queued + len(data) > self.broadcast.max_subscriber_bytes + self._allowance:
             self._slow(data)
             return
         q.append(data)
