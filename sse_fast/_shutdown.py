@@ -134,16 +134,21 @@ class Registry:
             self.begin_exit()
 
 
-def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
-    """Return the registry of ``loop``, creating it and hooking the server running on it."""
-    reg = _registries.get(loop)
+def _registry(key: Any, call_soon_threadsafe: Callable[[Callable[[], None]], Any]) -> Registry:
+    reg = _registries.get(key)
     if reg is None:
         with _lock:
-            reg = _registries.get(loop)
+            reg = _registries.get(key)
             if reg is None:
-                reg = _registries[loop] = Registry(loop, loop.call_soon_threadsafe)
-                if AppStatus._should_exit:
+                reg = _registries[key] = Registry(key, call_soon_threadsafe)
+                if AppStatus._should_exit:  # set by hand before this loop had streams
                     reg.exiting = True
+    return reg
+
+
+def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
+    """Return the registry of ``loop``, creating it and hooking the server running on it."""
+    reg = _registry(loop, loop.call_soon_threadsafe)
     if reg.hooked is None:
         from ._servers import hook_asyncio
 
@@ -171,14 +176,7 @@ def trio_registry() -> Registry:
     key = _trio_keys.get(token)
     if key is None:
         key = _trio_keys[token] = _TrioKey(token)
-    reg = _registries.get(key)
-    if reg is None:
-        with _lock:
-            reg = _registries.get(key)
-            if reg is None:
-                reg = _registries[key] = Registry(key, token.run_sync_soon)
-                if AppStatus._should_exit:
-                    reg.exiting = True
+    reg = _registry(key, token.run_sync_soon)
     if reg.hooked is None:
         from ._servers import hook_trio
 

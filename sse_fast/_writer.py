@@ -39,7 +39,8 @@ import anyio
 
 from . import _encoder
 
-__all__ = ["SendTimeoutError", "StreamWriter", "DEFAULT_MAX_BUFFER_BYTES", "STOP_DISCONNECT", "STOP_SHUTDOWN"]
+__all__ = ["SendTimeoutError", "StreamWriter", "DEFAULT_MAX_BUFFER_BYTES", "STOP_DISCONNECT", "STOP_SHUTDOWN",
+           "send_within"]
 
 #: default bound, in bytes, on what one stream holds: encoded events waiting plus the send in flight
 DEFAULT_MAX_BUFFER_BYTES = 64 * 1024
@@ -69,6 +70,24 @@ def default_ping(sep: str) -> bytes:
 def timeout_error(send_timeout: float | None) -> SendTimeoutError:
     """The ``SendTimeoutError`` raised when a send outlived ``send_timeout`` seconds."""
     return SendTimeoutError(f"send did not complete within send_timeout={send_timeout} s")
+
+
+async def send_within(send: Callable[[dict[str, Any]], Awaitable[None]], message: dict[str, Any],
+                      send_timeout: float | None) -> None:
+    """``await send(message)`` within ``send_timeout`` seconds (``None``: no limit), on any async library.
+
+    Raises:
+        SendTimeoutError: the send did not complete in time; also when it could
+            not be cancelled and returned late (``cancel_called``, not a caught
+            cancellation: hypercorn's trio worker shields its writes), as sse-starlette.
+    """
+    if send_timeout is None:
+        await send(message)
+        return
+    with anyio.move_on_after(send_timeout) as scope:
+        await send(message)
+    if scope.cancel_called:
+        raise timeout_error(send_timeout)
 
 
 class StreamWriter:
@@ -438,15 +457,7 @@ class StreamWriter:
         Raises:
             SendTimeoutError: the send did not complete in time.
         """
-        if self.send_timeout is None:
-            await self.send(message)
-            return
-        # cancel_called, not a caught cancellation: a send that cannot be
-        # cancelled and returns late has still timed out
-        with anyio.move_on_after(self.send_timeout) as scope:
-            await self.send(message)
-        if scope.cancel_called:
-            raise timeout_error(self.send_timeout)
+        await send_within(self.send, message, self.send_timeout)
 
 
 @types.coroutine

@@ -22,7 +22,7 @@ from ._writer import (
     STOP_ERROR,
     STOP_SHUTDOWN,
     default_ping,
-    timeout_error,
+    send_within,
 )
 
 __all__ = ["GenericStream"]
@@ -206,15 +206,7 @@ class GenericStream:
             self._writer_done.set()
 
     async def _send_checked(self, message: dict[str, Any]) -> None:
-        if self.send_timeout is None:
-            await self.send(message)
-            return
-        # cancel_called, not a caught cancellation: a server whose write cannot be
-        # cancelled (hypercorn's trio worker shields it) still times out once it returns
-        with anyio.move_on_after(self.send_timeout) as scope:
-            await self.send(message)
-        if scope.cancel_called:
-            raise timeout_error(self.send_timeout)
+        await send_within(self.send, message, self.send_timeout)
 
     async def _ping_loop(self) -> None:
         while True:

@@ -32,7 +32,7 @@ from ._writer import (
     STOP_SHUTDOWN,
     SendTimeoutError,
     StreamWriter,
-    timeout_error,
+    send_within,
 )
 from ._writer_anyio import GenericStream
 from .event import ServerSentEvent
@@ -307,13 +307,7 @@ class EventSourceResponse(Response):
             await self.background()
 
     async def _send_within_timeout(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-            return
-        with anyio.move_on_after(self.send_timeout) as scope:
-            await send(message)
-        if scope.cancel_called:  # also when the send could not be cancelled and returned late
-            raise timeout_error(self.send_timeout)
+        await send_within(send, message, self.send_timeout)
 
     async def _call_asyncio(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send,
                             start: Message, iterator: Any) -> None:
