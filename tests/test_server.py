@@ -7,7 +7,6 @@ the pure twin. Shutdown tests start their own server and signal it.
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 import httpx
@@ -15,6 +14,7 @@ import psutil
 import pytest
 
 from .conftest import Server
+from .rawhttp import close_all, open_raw, read_until
 
 
 def status(srv, key):
@@ -31,36 +31,10 @@ def wait_for(pred, timeout=5.0, every=0.05):
     return pred()
 
 
-_SOCKETS: list[socket.socket] = []
-
-
 @pytest.fixture(autouse=True)
 def _close_sockets():
     yield
-    while _SOCKETS:
-        _SOCKETS.pop().close()
-
-
-def open_raw(srv, path, rcvbuf=None):
-    """A raw socket with the GET sent; ``rcvbuf`` shrinks its receive buffer (bytes)."""
-    s = socket.socket()
-    _SOCKETS.append(s)
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", srv.port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return s
-
-
-def read_until(s, marker: bytes, limit=5.0) -> bytes:
-    s.settimeout(limit)
-    data = b""
-    while marker not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    close_all()
 
 
 def test_server_uses_the_twin(server):

@@ -11,7 +11,6 @@ behind), once per twin.
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import anyio
@@ -21,6 +20,7 @@ import pytest
 from sse_fast import EventSourceResponse, SendTimeoutError, ServerSentEvent
 
 from .conftest import Server, twin_params
+from .rawhttp import close_all, open_raw, read_until
 
 PING_RE = re.compile(rb"^: ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00:00\r\n\r\n$")
 GUARD = 10.0
@@ -346,14 +346,10 @@ def trio_server(request):
     assert srv.proc.returncode is not None, out
 
 
-_SOCKETS: list[socket.socket] = []
-
-
 @pytest.fixture(autouse=True)
 def _close_sockets():
     yield
-    while _SOCKETS:
-        _SOCKETS.pop().close()
+    close_all()
 
 
 def status(srv, key):
@@ -368,28 +364,6 @@ def wait_for(pred, timeout=5.0, every=0.05):
             return value
         time.sleep(every)
     return pred()
-
-
-def open_raw(srv, path, method="GET", rcvbuf=None):
-    """A raw socket with the request sent; ``rcvbuf`` shrinks its receive buffer (bytes)."""
-    s = socket.socket()
-    _SOCKETS.append(s)
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", srv.port))
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return s
-
-
-def read_until(s, marker: bytes, limit=5.0) -> bytes:
-    s.settimeout(limit)
-    data = b""
-    while marker not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.mark.server
