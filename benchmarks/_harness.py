@@ -47,8 +47,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(core: int = SERVER_CORE, env: dict[str, str] | None = None, backlog: int = 8192) -> Iterator[Server]:
-    """Start the benchmark app under uvicorn (uvloop + httptools) pinned to ``core``.
+def server(core: int = SERVER_CORE, env: dict[str, str] | None = None, backlog: int = 8192,
+           app: str = "apps:app") -> Iterator[Server]:
+    """Start ``app`` (a ``module:attribute`` in ``benchmarks/``; default the benchmark app)
+    under uvicorn (uvloop + httptools) pinned to ``core``.
 
     Yields a ``Server``; on exit the process group is terminated (then killed).
 
@@ -60,7 +62,7 @@ def server(core: int = SERVER_CORE, env: dict[str, str] | None = None, backlog: 
     sock.bind(("127.0.0.1", 0))
     sock.listen(backlog)
     port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", HERE, "apps:app", "--fd", str(sock.fileno()),
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", HERE, app, "--fd", str(sock.fileno()),
            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
            "--lifespan", "off", "--timeout-graceful-shutdown", "1"]
     if shutil.which("taskset") and core < ncpu():

@@ -35,36 +35,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import resource
-import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from urllib.parse import parse_qs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
 from _harness import (  # noqa: E402
-    HERE,
-    ROOT,
     SERVER_CORE,
-    Server,
     cpu_seconds,
-    http_get,
     machine,
-    ncpu,
     pin_self,
     probe_status,
     report,
     request_bytes,
     server,
-    stop,
 )
 
 IMPLS = ["sse_starlette", "sse_fast", "sse_fast_broadcast", "sse_fast_broadcast_inline", "raw"]
@@ -187,38 +176,9 @@ async def app(scope, receive, send) -> None:
     await _broadcast_response(interval, size, ping, send_timeout, inline)(scope, receive, send)
 
 
-@contextlib.contextmanager
-def own_server(core: int = SERVER_CORE, backlog: int = 8192) -> Iterator[Server]:
+def own_server(core: int = SERVER_CORE, backlog: int = 8192):
     """``_harness.server()`` serving this module's ``app`` (same flags, same pinning, same cleanup)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(backlog)
-    port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", HERE, "fanout:app", "--fd", str(sock.fileno()),
-           "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
-           "--lifespan", "off", "--timeout-graceful-shutdown", "1"]
-    if shutil.which("taskset") and core < ncpu():
-        cmd = ["taskset", "-c", str(core)] + cmd
-    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), cwd=ROOT, start_new_session=True)
-    sock.close()
-    try:
-        deadline = time.monotonic() + 20
-        pid = None
-        while time.monotonic() < deadline and pid is None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {proc.returncode}")
-            try:
-                status, body = http_get(port, "/health", timeout=1.0)
-                if status == 200:
-                    pid = int(body.split()[1])
-            except OSError:
-                time.sleep(0.1)
-        if pid is None:
-            raise RuntimeError("server did not answer /health within 20 s")
-        yield Server(port=port, pid=pid, proc=proc)
-    finally:
-        stop(proc)
+    return server(core, backlog=backlog, app="fanout:app")
 
 
 # ---------------------------------------------------------------- client side
