@@ -1,4 +1,4 @@
-"""Raw HTTP/1.1 sockets for real-server tests: what a client that reads (or stops reading) sees.
+"""Helpers for real-server tests: raw HTTP/1.1 sockets, the test apps' ``/status``, polling.
 
 ``open_raw`` sends the request and keeps the socket in ``OPEN``; the test
 modules' autouse fixtures call ``close_all()`` after each test.
@@ -7,6 +7,9 @@ modules' autouse fixtures call ``close_all()`` after each test.
 from __future__ import annotations
 
 import socket
+import time
+
+import httpx
 
 OPEN: list[socket.socket] = []
 
@@ -44,3 +47,19 @@ def close_all() -> None:
     """Close every socket ``open_raw`` opened."""
     while OPEN:
         OPEN.pop().close()
+
+
+def status(srv, key: str) -> dict:
+    """The test app's ``GET /status?key=...`` as JSON (``state`` holds what happened to that stream)."""
+    return httpx.get(f"{srv.url}/status", params={"key": key}, timeout=5).json()
+
+
+def wait_for(pred, timeout: float = 5.0, every: float = 0.05):
+    """Call ``pred`` every ``every`` seconds until it returns something true or ``timeout`` passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    return pred()

@@ -51,6 +51,7 @@ from sse_starlette import EventSourceResponse as RefResponse
 from sse_fast import EventSourceResponse, _encoder
 
 from . import producer_app as P
+from . import rawhttp
 from .conftest import _NAMES, Server, load_twin, twin_params
 
 GUARD = 5.0
@@ -591,16 +592,12 @@ def server(_server_slot):
 
 
 def status(srv, key: str) -> dict:
-    return httpx.get(f"{srv.url}/status", params={"key": key}, timeout=5).json()["state"] or {}
+    """What the producer app recorded for ``key`` (``{}`` before anything)."""
+    return rawhttp.status(srv, key)["state"] or {}
 
 
 def wait_for(pred, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
+    return rawhttp.wait_for(pred, timeout, every=0.02)
 
 
 def final_state(srv, key: str) -> dict:

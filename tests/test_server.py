@@ -14,21 +14,7 @@ import psutil
 import pytest
 
 from .conftest import Server
-from .rawhttp import close_all, open_raw, read_until
-
-
-def status(srv, key):
-    return httpx.get(f"{srv.url}/status", params={"key": key}, timeout=5).json()
-
-
-def wait_for(pred, timeout=5.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    return pred()
+from .rawhttp import close_all, open_raw, read_until, status, wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ import pytest
 from sse_fast import EventSourceResponse, SendTimeoutError, ServerSentEvent
 
 from .conftest import Server, twin_params
-from .rawhttp import close_all, open_raw, read_until
+from .rawhttp import close_all, open_raw, read_until, status, wait_for
 
 PING_RE = re.compile(rb"^: ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00:00\r\n\r\n$")
 GUARD = 10.0
@@ -350,20 +350,6 @@ def trio_server(request):
 def _close_sockets():
     yield
     close_all()
-
-
-def status(srv, key):
-    return httpx.get(f"{srv.url}/status", params={"key": key}, timeout=5).json()
-
-
-def wait_for(pred, timeout=5.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    return pred()
 
 
 @pytest.mark.server
