@@ -472,7 +472,6 @@ cdef class StreamBuffer(EventBuffer):
     cdef public Py_ssize_t inflight
     cdef public object wake
     cdef public object room
-    cdef public bint stopping
     cdef public bint closing
     cdef public object loop
 
@@ -482,7 +481,6 @@ cdef class StreamBuffer(EventBuffer):
         self.inflight = 0
         self.wake = None
         self.room = None
-        self.stopping = False
         self.closing = False
         self.loop = loop
 

@@ -338,14 +338,11 @@ class StreamBuffer(EventBuffer):
         inflight: bytes of the ``send()`` in progress (set by the writer).
         wake: the writer's idle future while it waits for data, else ``None``.
         room: the producer's future while it awaits room, else ``None``.
-        stopping: set when the stream is asked to stop (informational: the
-            producer is stopped by cancellation, delivered where it next awaits,
-            as sse-starlette's task group delivers it).
         closing: set when nothing more will be appended; the writer ends once
             the buffer is empty.
     """
 
-    __slots__ = ("high", "inflight", "wake", "room", "stopping", "closing", "loop")
+    __slots__ = ("high", "inflight", "wake", "room", "closing", "loop")
 
     def __init__(self, sep: str = "\r\n", high: int = 65536, loop: Any = None) -> None:
         super().__init__(sep)
@@ -353,7 +350,6 @@ class StreamBuffer(EventBuffer):
         self.inflight = 0
         self.wake: Any = None
         self.room: Any = None
-        self.stopping = False
         self.closing = False
         self.loop = loop
 

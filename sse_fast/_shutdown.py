@@ -125,9 +125,6 @@ class Registry:
         """The shutdown is over: streams opened from now on stream normally."""
         self.exiting = False
 
-    # sse_fast 0.1 name
-    shutdown = begin_exit
-
     def server_exiting(self) -> None:
         """Called by a server hook: the server started its shutdown."""
         if AppStatus._automatic:

@@ -127,7 +127,6 @@ class StreamWriter:
         "_next_ping",
         "_last_send",
         "_deadline",
-        "_deadline_hit",
         "_send_started",
         "_flush_deadline",
         "_handoff",
@@ -172,7 +171,6 @@ class StreamWriter:
         self._next_ping = 0.0
         self._last_send = 0.0
         self._deadline: asyncio.TimerHandle | None = None
-        self._deadline_hit = False
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
         self._handoff: tuple[Any, Any] | None = None  # a send started inline, for the writer task to finish
@@ -192,7 +190,6 @@ class StreamWriter:
         """
         if self.stop_reason is None or reason == STOP_DISCONNECT:
             self.stop_reason = reason
-        self.buffer.stopping = True
         phase = self.phase
         if reason == STOP_SHUTDOWN and self._flush_deadline is None and phase < _DONE:
             bound = SHUTDOWN_FLUSH_SECONDS
@@ -270,7 +267,6 @@ class StreamWriter:
             # a later send is pending: its own deadline
             self._deadline = self.loop.call_at(due, self._on_deadline)
             return
-        self._deadline_hit = True
         self.fail(timeout_error(self.send_timeout))
 
     def close(self) -> None:

@@ -480,8 +480,6 @@ class Subscription:
         import anyio
 
         while True:
-            if not self._live:
-                self._go_live()
             q = self._queue
             if q is None or self._closed:
                 raise StopAsyncIteration
