@@ -105,13 +105,15 @@ class Server:
 
     By default uvicorn (uvloop + httptools) serving ``tests/server_app.py``;
     ``command`` (``python`` arguments, ``{port}`` filled in) runs anything else,
-    e.g. ``DEMO_COMMAND``. ``impl="python"`` sets ``SSE_FAST_NO_EXTENSIONS=1``.
+    e.g. ``DEMO_COMMAND``. ``impl="python"`` sets ``SSE_FAST_NO_EXTENSIONS=1``;
+    ``env`` adds environment variables; ``port`` reuses a port (a restart).
     """
 
     def __init__(self, impl: str = "cython", app: str = "tests.server_app:app",
-                 command: list[str] | None = None) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
+                 command: list[str] | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
+        env = {**os.environ, **(env or {})}
         env.pop("SSE_FAST_NO_EXTENSIONS", None)
         if impl == "python":
             env["SSE_FAST_NO_EXTENSIONS"] = "1"

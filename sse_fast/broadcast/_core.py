@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import _encoder
+from .. import metrics as _metrics
 from .._writer import STOP_SHUTDOWN
 from ..event import ServerSentEvent
+from .backends import backend_for_url
 
 __all__ = ["Broadcast", "Subscription"]
 
@@ -91,6 +93,12 @@ def _item_id(item: Any) -> str | None:
     return None
 
 
+def _metrics_register(broadcast: Broadcast) -> None:
+    # subscribers per topic are read at scrape time, from the broadcasts known to the metrics
+    if _metrics.ACTIVE is not None:
+        _metrics.register_broadcast(broadcast)
+
+
 class _Topic:
     __slots__ = ("name", "history", "by_id", "history_bytes", "subscribers", "next_seq")
 
@@ -126,12 +134,25 @@ class Broadcast:
             in the publisher's task and finish in the stream's (the context
             variables are the stream's). Off by default: the publisher appends
             to each stream's buffer and wakes its writer task.
+        url: the backend: ``None`` or ``"memory://"`` (this process only), or
+            a Redis URL (``redis://host:6379/0``, ``rediss://...``,
+            ``unix:///path``): every process and machine using the same Redis
+            and ``key_prefix`` shares the topics and their history (Redis
+            Streams; needs ``sse_fast[redis]``; asyncio only). See
+            ``sse_fast.broadcast.backends.redis``.
+        key_prefix: Redis only: the stream key of topic ``T`` is ``key_prefix + T``.
+        publish_timeout: Redis only: seconds a publish may take before it
+            fails with ``PublishError`` (> 0).
 
     Raises:
-        ValueError, TypeError: an argument out of range or of the wrong type.
+        ValueError, TypeError: an argument out of range or of the wrong type,
+            an unknown URL scheme, or (Redis) ``history`` < 1.
+        ImportError: a Redis URL without redis-py installed.
 
     One broadcast belongs to one event loop (the one it is first used on);
-    ``publish_threadsafe`` reaches it from other threads.
+    ``publish_threadsafe`` reaches it from other threads. With Redis, each
+    process holds one reader for all its topics, whatever its number of
+    subscribers; ``await aclose()`` releases it.
     """
 
     def __init__(
@@ -145,6 +166,9 @@ class Broadcast:
         gap_event: str = "sse_fast.gap",
         on_gap: Callable[[str, str], Iterable[Any]] | None = None,
         inline_sends: bool = False,
+        url: str | None = None,
+        key_prefix: str = "sse_fast:",
+        publish_timeout: float = 5.0,
     ) -> None:
         for name, value, low in (("history", history, 0), ("history_bytes", history_bytes, 0),
                                  ("max_subscriber_bytes", max_subscriber_bytes, 1)):
@@ -172,10 +196,15 @@ class Broadcast:
         self.inline_sends = bool(inline_sends)
         self._topics: dict[str, _Topic] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        options = {} if not isinstance(url, str) or url.startswith("memory:") else {
+            "key_prefix": key_prefix, "publish_timeout": publish_timeout}
+        #: where events come from: ``backends.memory.MemoryBackend`` or ``backends.redis.RedisBackend``
+        self.backend = backend_for_url(self, url, **options)
+        _metrics_register(self)
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, event: Any, topic: str = "default") -> str:
+    def publish(self, event: Any, topic: str = "default") -> Any:
         """Publish ``event`` to every subscriber of ``topic``; call it from the event loop's thread.
 
         Args:
@@ -185,23 +214,36 @@ class Broadcast:
             topic: the topic's name.
 
         Returns:
-            The event's id: the one it carries, or the next number of the topic.
+            Memory backend: the event's id (``str``): the one it carries, or
+            the next number of the topic. Redis backend: an ``asyncio.Future``
+            of the id (the one it carries, or the stream entry id); it fails
+            with ``PublishError`` after ``publish_timeout`` seconds without
+            Redis, and the failure is logged. ``await apublish(...)`` returns
+            the id on both.
 
         Raises:
             TypeError, ValueError: the event cannot be encoded (nothing is sent).
         """
         self._bind()
-        t = self._topic(topic)
-        given = _item_id(event)
-        seq = t.next_seq
-        eid = given if given is not None else (None if isinstance(event, (bytes, bytearray, memoryview)) else str(seq))
-        entry = _Entry(seq, eid, event, time.monotonic())  # encodes: a bad event raises here, before anyone gets it
-        t.next_seq += 1  # only an event that could be encoded takes a number
-        self._remember(t, entry)
-        inline = self.inline_sends and _in_asyncio_task()
-        for sub in list(t.subscribers):
-            sub._deliver(entry, inline)
-        return eid if eid is not None else str(seq)
+        return self.backend.publish(event, topic)
+
+    async def apublish(self, event: Any, topic: str = "default") -> str:
+        """Publish and return the event's id once every process can see it (the same code on every backend).
+
+        Raises:
+            TypeError, ValueError: the event cannot be encoded (nothing is sent).
+            PublishError: Redis did not take the event within ``publish_timeout`` seconds.
+        """
+        self._bind()
+        return await self.backend.apublish(event, topic)
+
+    async def aclose(self) -> None:
+        """Release the backend's connections and tasks (Redis); open streams keep what they have."""
+        await self.backend.aclose()
+
+    def topic_subscriber_counts(self) -> dict[str, int]:
+        """``{topic: subscribers now}`` for every topic with a subscriber (for metrics)."""
+        return {name: len(t.subscribers) for name, t in list(self._topics.items()) if t.subscribers}
 
     def publish_threadsafe(self, event: Any, topic: str = "default") -> None:
         """``publish`` from any thread (sync code, a worker thread); returns at once.
@@ -274,6 +316,24 @@ class Broadcast:
             t = self._topics[name] = _Topic(name)
         return t
 
+    def _dispatch(self, t: _Topic, entry: _Entry, published_wall: float | None = None) -> None:
+        """Remember ``entry`` and hand it to every subscriber of ``t`` (the backends call this)."""
+        self._remember(t, entry)
+        inline = self.inline_sends and _in_asyncio_task()
+        for sub in list(t.subscribers):
+            sub._deliver(entry, inline)
+        m = _metrics.ACTIVE
+        if m is not None:
+            m.broadcast_publishes.inc()
+            # publish-to-deliver: from the publisher's clock (Redis) or from the publish call
+            since = time.time() - published_wall if published_wall is not None else time.monotonic() - entry.time
+            m.broadcast_delivery_seconds.observe(max(0.0, since))
+
+    def _signal_gap(self, t: _Topic) -> None:
+        """Tell every subscriber of ``t`` that events were lost (the backend could not deliver them)."""
+        for sub in list(t.subscribers):
+            sub._send_gap()
+
     def _remember(self, t: _Topic, entry: _Entry) -> None:
         if self.history == 0 or self.history_bytes == 0:
             return
@@ -298,18 +358,27 @@ class Broadcast:
         if last_event_id is None:
             return []
         self._trim(t)
+        m = _metrics.ACTIVE
         entry = t.by_id.get(last_event_id)
         if entry is not None:
-            return [e.bytes_for(sep) for e in t.history if e.seq > entry.seq]
+            out = [e.bytes_for(sep) for e in t.history if e.seq > entry.seq]
+            if m is not None:
+                m.broadcast_replayed_events.inc(len(out))
+            return out
         # unknown or older than the history: a gap the client can see, then what
         # is kept; or the app's snapshot of the whole state, which the history
         # must not be applied to again
         out = self._gap(t, last_event_id, sep)
         if self.on_gap is None:
             out.extend(e.bytes_for(sep) for e in t.history)
+            if m is not None:
+                m.broadcast_replayed_events.inc(len(t.history))
         return out
 
     def _gap(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
+        m = _metrics.ACTIVE
+        if m is not None:
+            m.broadcast_gaps.inc()
         if self.on_gap is not None and last_event_id is not None:
             return [_encoder.encode_item(item, sep) for item in self.on_gap(t.name, last_event_id)]
         oldest = t.history[0].id if t.history else None
@@ -363,6 +432,11 @@ class Subscription:
 
     async def __anext__(self) -> bytes:
         if not self._live:
+            backend = self.broadcast.backend
+            if backend.needs_prepare and not self._closed:
+                # Redis: the topic's shared history is loaded (and, for a Last-Event-ID this
+                # process has not seen yet, caught up) before going live in one step below
+                await backend.prepare(self.topic, self.last_event_id)
             self._go_live()
         if self._writer is not None:
             # attached: the publisher delivers straight to the stream; this task
@@ -445,9 +519,30 @@ class Subscription:
         if self._ready is not None:
             self._ready.set()
 
+    def _send_gap(self) -> None:
+        """A gap event now (events were lost upstream), in order with what is queued."""
+        if self._closed:
+            return
+        t = self.broadcast._topics.get(self.topic)
+        gap = self.broadcast._gap(t, None, self._sep) if t is not None else []
+        w = self._writer
+        if w is not None:
+            if w.stop_reason is None:
+                for g in gap:
+                    w.buffer.append_bytes(g)
+                w.buffer.notify()
+        elif self._queue is not None:
+            self._queue.extend(gap)
+            self._queued += sum(len(g) for g in gap)
+            if self._ready is not None:
+                self._ready.set()
+
     def _slow(self, data: bytes) -> None:
         b = self.broadcast
         t = b._topics.get(self.topic)
+        m = _metrics.ACTIVE
+        if m is not None:
+            m.broadcast_slow_subscribers.labels(action=b.on_slow).inc()
         if b.on_slow == "disconnect":
             self._leave()
             if self._writer is not None:
