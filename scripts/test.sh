@@ -8,12 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# Debian's Chromium for the browser test (root on CI; skipped when present)
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian's Chromium (the browser test) and redis-server (the Redis backend's tests start it
+# on a free port); root on CI; skipped when present
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "chromium missing and not root: install Debian's chromium package" >&2
+        echo "missing and not root: install Debian's packages: ${missing[*]}" >&2
         exit 1
     fi
 fi

@@ -348,7 +348,8 @@ ID_RE = re.compile(rb"\nid: ([^\r\n]+)\r\n")
 
 
 class Reader(asyncio.Protocol):
-    """A raw-socket subscriber: the ids it read (chunk framing skipped), pings, its worker's pid."""
+    """A raw-socket subscriber: the ids it read (chunk framing skipped), pings, its worker's pid,
+    everything it received (``raw``)."""
 
     def __init__(self) -> None:
         self.head = asyncio.get_running_loop().create_future()
@@ -359,11 +360,13 @@ class Reader(asyncio.Protocol):
         self.status = 0
         self.closed = asyncio.get_running_loop().create_future()
         self.transport = None
+        self.raw = b""
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.raw += data
         buf = self.buf + data
         if not self.head.done():
             if b"\r\n\r\n" not in buf:
@@ -609,3 +612,151 @@ def test_a_worker_killed_with_sigkill_loses_nothing(twin, redis_srv, prefix):
     assert len(ids) == 150, out
     for r in moved:
         assert r.ids == ids
+
+
+@pytest.mark.server
+def test_the_demo_chat_across_two_workers(redis_srv):
+    """``python -m sse_fast demo --workers 2 --broadcast-url redis://...``: chat streams spread
+    over both workers; messages posted to either reach every stream, in one order."""
+    from .conftest import DEMO_COMMAND
+
+    srv = Server("cython", command=DEMO_COMMAND + ["--workers", "2", "--broadcast-url", redis_srv.url])
+    chat_id = re.compile(rb"\nid: ([^\r\n]+)\r\nevent: chat\r\n")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        readers = []
+        for i in range(12):
+            _, proto = await loop.create_connection(Reader, "127.0.0.1", srv.port)
+            proto.transport.write(request(f"/chat/events?client=c{i}"))
+            await proto.head
+            assert proto.status == 200
+            readers.append(proto)
+        live_by_pid: dict[int, set[str]] = {}
+
+        async def every_stream_live():
+            for _ in range(10):
+                info = await http_json(srv.port, "/chat/_clients")
+                live_by_pid[info["pid"]] = set(info["live"])
+            return len(set().union(*live_by_pid.values())) == 12
+
+        await until(every_stream_live, "every chat stream to be live")
+        await asyncio.sleep(0.3)  # the Redis readers have the topic
+        sent = []
+        for i in range(6):
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+            body = json.dumps({"name": "t", "text": f"m{i}"}).encode()
+            w.write(b"POST /chat/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            raw = await r.read()
+            w.close()
+            assert raw.startswith(b"HTTP/1.1 200"), raw
+            sent.append(json.loads(raw.split(b"\r\n\r\n", 1)[1])["id"])
+
+        async def all_read():
+            return all(len(chat_id.findall(r.raw)) >= 6 for r in readers)
+
+        await until(all_read, "every message on every stream")
+        for r in readers:
+            r.transport.close()
+        return sent, readers, live_by_pid
+
+    try:
+        sent, readers, live_by_pid = run(main, guard=40)
+    finally:
+        out = srv.stop()
+    assert sum(1 for live in live_by_pid.values() if live) == 2, (live_by_pid, out)
+    for r in readers:
+        assert [m.decode() for m in chat_id.findall(r.raw)] == sent
+
+
+class Partition:
+    """A TCP relay to Redis that the test can cut (a network partition) and heal."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def heal(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+    async def _relay(self, r1: asyncio.StreamReader, w1: asyncio.StreamWriter) -> None:
+        r2, w2 = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [w1, w2]
+
+        async def pipe(r, w):
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.transport.abort()
+
+        await asyncio.gather(pipe(r1, w2), pipe(r2, w1))
+
+
+@pytest.mark.parametrize("n", [3, 300])
+def test_entries_trimmed_during_a_partition_are_a_gap_then_the_rest_arrives(impl, redis_srv, prefix, n):
+    """The reader is cut off while ``n`` events are published with MAXLEN ~ 5. 300: those trimmed
+    before it came back are signalled as a gap event; what the stream still holds follows, in
+    order. 3: nothing was trimmed, no gap, all three follow."""
+
+    async def main():
+        net = Partition(redis_srv.port)
+        await net.heal()
+        b = Broadcast(url=net.url, key_prefix=prefix, history=5, publish_timeout=0.5)
+        got: list[bytes] = []
+
+        async def collect():
+            async for data in b.subscribe("t"):
+                got.append(data)
+
+        task = asyncio.create_task(collect())
+        with anyio.fail_after(5):
+            while not b.subscribers("t"):
+                await asyncio.sleep(0.01)
+        pub = RedisPublisher(redis_srv.url, key_prefix=prefix, history=5)
+        first = pub.publish({"data": "before"}, "t")
+        with anyio.fail_after(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        await net.cut()
+        with anyio.fail_after(5):
+            while b.backend.connected:
+                await asyncio.sleep(0.01)
+        ids = [pub.publish({"data": f"d{i}"}, "t") for i in range(n)]
+        kept = [e[0].decode() for e in redis.Redis.from_url(redis_srv.url).xrange(prefix + "t", min=f"({first}")]
+        await net.heal()
+        with anyio.fail_after(10):
+            while len(got) < (2 if n == 300 else 1) + len(kept):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await b.aclose()
+        await net.cut()
+        pub.close()
+        return first, ids, kept, got
+
+    first, ids, kept, got = run(main)
+    assert sse_id(got[0]) == first
+    if n == 3:
+        assert kept == ids
+        assert [sse_id(d) for d in got[1:]] == ids
+        return
+    assert got[1].startswith(GAP)
+    assert 0 < len(kept) < 300 and kept == ids[-len(kept):]  # the oldest were trimmed
+    assert [sse_id(d) for d in got[2:]] == kept

@@ -94,9 +94,8 @@ def _item_id(item: Any) -> str | None:
 
 
 def _metrics_register(broadcast: Broadcast) -> None:
-    # subscribers per topic are read at scrape time, from the broadcasts known to the metrics
-    if _metrics.ACTIVE is not None:
-        _metrics.register_broadcast(broadcast)
+    # subscribers per topic are read at scrape time (a weak reference; metrics enabled now or later)
+    _metrics.register_broadcast(broadcast)
 
 
 class _Topic:

@@ -39,6 +39,7 @@ import uuid
 from typing import Any
 
 from ... import _encoder
+from ... import metrics as _metrics
 from ...event import ServerSentEvent
 
 __all__ = ["RedisBackend", "RedisPublisher", "PublishError", "event_fields", "stream_key"]
@@ -213,6 +214,9 @@ class RedisBackend:
                                          socket_timeout=BLOCK_MS / 1000 + self.publish_timeout,
                                          max_connections=4)
         self._last: dict[str, str] = {}  # stream key -> id of the last entry delivered here
+        # stream key -> the stream's entries-added count at that entry (XINFO STREAM): after an
+        # outage, more entries added than the stream still holds after it means some were trimmed
+        self._added: dict[str, int] = {}
         # this process's wake-up stream: the reader's XREAD includes it, so adding a topic
         # (or closing) wakes the blocked XREAD by an XADD here instead of cancelling a command
         self._wake_key = f"{key_prefix}__reader__:{uuid.uuid4().hex}"
@@ -353,7 +357,13 @@ class RedisBackend:
         errors = _redis_errors()
         while True:
             try:
-                newest_first = await self._client.xrevrange(key, count=b.history)
+                # one transaction: the entries-added count belongs to the newest entry read
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xrevrange(key, count=b.history)
+                pipe.xinfo_stream(key)
+                newest_first, info = await pipe.execute(raise_on_error=False)
+                if isinstance(newest_first, Exception):
+                    raise newest_first
                 break
             except errors as exc:
                 log.warning("Redis unreachable loading topic %r (%s); retrying in %.2f s", topic, exc, backoff)
@@ -363,6 +373,7 @@ class RedisBackend:
         for entry_id, fields in reversed(newest_first):
             self._take(t, entry_id.decode(), fields, deliver=False)
         self._last[key] = newest_first[0][0].decode() if newest_first else "0-0"
+        self._added[key] = 0 if isinstance(info, Exception) else int(info["entries-added"])
         self._topic_of[key] = topic
         self._loading.pop(key, None)
         await self._wake_reader()
@@ -415,6 +426,12 @@ class RedisBackend:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            except Exception:  # a reply this code did not expect: never let the reader die
+                log.exception("Redis reader: unexpected error; retrying in %.2f s", backoff)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             if not self.connected:
                 self.connected = True
                 self.reconnects += 1
@@ -430,7 +447,10 @@ class RedisBackend:
                     t = b._topic(topic)
                     for entry_id, fields in entries:
                         self._take(t, entry_id.decode(), fields, deliver=True)
+                    self._added[key] += len(entries)
                 self._last[key] = entries[-1][0].decode()
+            if resp and _metrics.ACTIVE is not None:
+                _metrics.ACTIVE.redis_lag_seconds.set(self.lag_seconds)
             if self._waiters:
                 self._wake_waiters()
 
@@ -439,16 +459,25 @@ class RedisBackend:
         import redis.exceptions as rx
 
         for key, last in list(self._last.items()):
-            if key not in self._topic_of:
+            topic = self._topic_of.get(key)
+            if topic is None:
                 continue
+            known = self._added[key]
             try:
                 info = await self._client.xinfo_stream(key)
-            except rx.ResponseError:  # no such stream (yet, or any more): nothing was trimmed
+            except rx.ResponseError:  # no such stream any more (Redis lost its data): lost if it had entries
+                if known:
+                    self._added[key] = 0
+                    self.broadcast._signal_gap(self.broadcast._topic(topic))
                 continue
-            deleted = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
-            if deleted is not None and _parse_id(deleted) > _parse_id(last):
-                topic = self._topic_of[key]
+            added, length = int(info["entries-added"]), int(info["length"])
+            first = info.get("first-entry")
+            if first is None or _parse_id(first[0]) <= _parse_id(last):
+                continue  # our last entry is still there: trimming (oldest first) took nothing after it
+            # every entry still in the stream is newer than our last: were there more?
+            if added < known or added - known > length:  # recreated, or trimmed before we read them
                 self.broadcast._signal_gap(self.broadcast._topic(topic))
+            self._added[key] = added - length
 
     def _take(self, t: Any, entry_id: str, fields: dict[bytes, bytes], *, deliver: bool) -> None:
         from .._core import _Entry
@@ -526,11 +555,7 @@ def _safe_url(url: str) -> str:
 
 
 def _metric_inc(name: str) -> None:
-    try:
-        from ... import metrics
-    except ImportError:  # pragma: no cover
-        return
-    m = metrics.ACTIVE
+    m = _metrics.ACTIVE
     if m is not None:
         getattr(m, name).inc()
 
