@@ -760,3 +760,57 @@ def test_entries_trimmed_during_a_partition_are_a_gap_then_the_rest_arrives(impl
     assert got[1].startswith(GAP)
     assert 0 < len(kept) < 300 and kept == ids[-len(kept):]  # the oldest were trimmed
     assert [sse_id(d) for d in got[2:]] == kept
+
+
+def test_redis_metrics_reconnects_lag_and_publishes(impl, redis_srv, prefix):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from sse_fast import metrics
+
+    metrics.disable_metrics()
+    reg = prometheus_client.CollectorRegistry()
+    metrics.enable_metrics(reg)
+
+    async def main():
+        net = Partition(redis_srv.port)
+        await net.heal()
+        b = Broadcast(url=net.url, key_prefix=prefix, publish_timeout=0.5)
+        got: list[bytes] = []
+
+        async def collect():
+            async for data in b.subscribe("t"):
+                got.append(data)
+
+        task = asyncio.create_task(collect())
+        with anyio.fail_after(5):
+            while not b.subscribers("t"):
+                await asyncio.sleep(0.01)
+        await b.apublish({"data": "one"}, "t")
+        with anyio.fail_after(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        lag = reg.get_sample_value("sse_fast_redis_lag_seconds")
+        await net.cut()
+        with anyio.fail_after(5):
+            while b.backend.connected:
+                await asyncio.sleep(0.01)
+        await net.heal()
+        with anyio.fail_after(10):
+            while not b.backend.connected:
+                await asyncio.sleep(0.01)
+        await b.apublish({"data": "two"}, "t")
+        with anyio.fail_after(5):
+            while len(got) < 2:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await b.aclose()
+        await net.cut()
+        return lag
+
+    try:
+        lag = run(main)
+        assert 0 < lag < 1.0
+        assert reg.get_sample_value("sse_fast_redis_reconnects_total") == 1
+        assert reg.get_sample_value("sse_fast_broadcast_publishes_total") == 2
+        assert reg.get_sample_value("sse_fast_broadcast_delivery_seconds_count") == 2
+    finally:
+        metrics.disable_metrics()

@@ -323,8 +323,8 @@ class Broadcast:
             sub._deliver(entry, inline)
         m = _metrics.ACTIVE
         if m is not None:
-            m.broadcast_publishes.inc()
-            # publish-to-deliver: from the publisher's clock (Redis) or from the publish call
+            # publish-to-deliver (every subscriber here has it): from the publisher's clock
+            # (Redis: another process, perhaps another machine) or from the publish call
             since = time.time() - published_wall if published_wall is not None else time.monotonic() - entry.time
             m.broadcast_delivery_seconds.observe(max(0.0, since))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ... import metrics as _metrics
+
 __all__ = ["MemoryBackend"]
 
 
@@ -35,6 +37,9 @@ class MemoryBackend:
         entry = _Entry(seq, eid, event, time.monotonic())  # encodes: a bad event raises here, before anyone gets it
         t.next_seq += 1  # only an event that could be encoded takes a number
         b._dispatch(t, entry)
+        m = _metrics.ACTIVE
+        if m is not None:
+            m.broadcast_publishes.inc()
         return eid if eid is not None else str(seq)
 
     async def apublish(self, event: Any, topic: str) -> str:

@@ -311,6 +311,9 @@ class RedisBackend:
                 for p, entry_id in zip(live, ids, strict=True):
                     if not p.future.done():
                         p.future.set_result(p.given_id or entry_id.decode())
+                m = _metrics.ACTIVE
+                if m is not None:
+                    m.broadcast_publishes.inc(len(live))
         finally:
             self._publisher_task = None
             if self._pending and not self._closed:  # cancelled with work left: start again
