@@ -41,6 +41,14 @@ Endpoints (query parameters; seconds and bytes):
 ``impl`` is ``sse_fast`` or ``sse_starlette`` for ``/idle`` and ``/fanout``; ``/idle`` also
 takes ``raw`` (head sent, then only waiting for ``http.disconnect``: the server's own floor).
 An unknown ``impl`` or a bad number gets ``400`` with the reason.
+
+With ``SSE_FAST_BENCH_METRICS=1`` in the environment, sse_fast's Prometheus
+metrics are enabled at import (``sse_fast.metrics.enable_metrics()``): every
+sse_fast stream of this process counts (``e2e.py``'s ``sse_fast+metrics`` row
+runs such a second server beside the plain one), except a ``/stream`` request
+with ``metrics=off``: that one starts with ``sse_fast.metrics.ACTIVE`` set to
+``None`` (the disabled path; each stream reads it once, when it starts), so
+both sides of the comparison run in the same process (one stream at a time).
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
+
+_metrics: Any = None
+if os.environ.get("SSE_FAST_BENCH_METRICS") == "1":
+    from sse_fast import metrics as _metrics
+
+    _metrics.enable_metrics()
 
 SEP = "\r\n"
 BATCH = 64
@@ -326,5 +340,13 @@ async def app(scope, receive, send) -> None:
             return
     except (ValueError, ImportError) as exc:
         await _plain(send, 400, f"{type(exc).__name__}: {exc}")
+        return
+    if _metrics is not None and q.get("metrics") == ["off"]:
+        # the disabled path in this metrics-enabled process: the response reads ACTIVE when it starts
+        enabled, _metrics.ACTIVE = _metrics.ACTIVE, None
+        try:
+            await resp(scope, receive, send)
+        finally:
+            _metrics.ACTIVE = enabled
         return
     await resp(scope, receive, send)

@@ -26,6 +26,12 @@ Rows (the same generator for every row of a scenario but ``raw``):
   contract: ``: ping`` after 15 s idle, Starlette's disconnect listener; FastAPI
   has no send timeout. Events end with LF LF, not CRLF CRLF (2 bytes fewer each);
 - ``sse_fast``: ``EventSourceResponse(gen)``;
+- ``sse_fast+metrics``: the same, on a second server process (same core) whose
+  sse_fast has its Prometheus metrics enabled (``SSE_FAST_BENCH_METRICS=1``:
+  ``sse_fast.metrics.enable_metrics()``);
+- ``sse_fast, metrics off``: the same, on that second server, with this stream's
+  metrics off (``metrics=off``: the disabled path), so that the cost of the metrics
+  (``+metrics`` against this row) is measured within one process;
 - ``sse_fast full contract``: ``ping=15, send_timeout=5`` (disconnect listener always on);
 - ``sse_fast bytes, full contract``: the generator yields preformatted ``bytes``;
 - ``hand loop``: f-string encoding, 64 events per send, no ping, no timeout, no listener;
@@ -39,6 +45,7 @@ event counts compare by rate. Every ratio is taken within one run (best of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -56,6 +63,8 @@ STARLETTE = "sse-starlette"
 STARLETTE_FULL = "sse-starlette full contract"
 FASTAPI = "fastapi.sse"
 FAST = "sse_fast"
+FAST_METRICS = "sse_fast+metrics"
+FAST_METRICS_OFF = "sse_fast, metrics off"
 FAST_FULL = "sse_fast full contract"
 FAST_BYTES = "sse_fast bytes, full contract"
 HAND = "hand loop (f-string, 64/send)"
@@ -70,6 +79,7 @@ class Row:
     query: str
     factor: int = 1  # events = scenario n x factor
     kind: str | None = None  # overrides the scenario's generator kind
+    metrics: bool = False  # streamed by the server whose sse_fast metrics are enabled
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ _PEERS = (
 SCENARIOS = (
     Scenario("small", "small dict events", "dict", 200_000, 45, _PEERS + (
         Row(FAST, "impl=sse_fast", 10),
+        Row(FAST_METRICS_OFF, "impl=sse_fast&metrics=off", 10, metrics=True),
+        Row(FAST_METRICS, "impl=sse_fast", 10, metrics=True),
         Row(FAST_FULL, f"impl=sse_fast&{FULL}", 10),
         Row(FAST_BYTES, f"impl=sse_fast&{FULL}", 10, kind="bytes"),
         Row(HAND, "impl=hand", 10),
@@ -100,6 +112,8 @@ SCENARIOS = (
     )),
     Scenario("1kib", "1 KiB dict events", "dict", 20_000, 1024, _PEERS + (
         Row(FAST, "impl=sse_fast", 10),
+        Row(FAST_METRICS_OFF, "impl=sse_fast&metrics=off", 10, metrics=True),
+        Row(FAST_METRICS, "impl=sse_fast", 10, metrics=True),
         Row(FAST_FULL, f"impl=sse_fast&{FULL}", 10),
         Row(FAST_BYTES, f"impl=sse_fast&{FULL}", 10, kind="bytes"),
         Row(HAND, "impl=hand", 10),
@@ -107,6 +121,8 @@ SCENARIOS = (
     )),
     Scenario("sleep0", "producer awaits asyncio.sleep(0) before each event", "sleep0", 100_000, 45, _PEERS + (
         Row(FAST, "impl=sse_fast"),
+        Row(FAST_METRICS_OFF, "impl=sse_fast&metrics=off", metrics=True),
+        Row(FAST_METRICS, "impl=sse_fast", metrics=True),
         Row(FAST_FULL, f"impl=sse_fast&{FULL}"),
         Row(HAND, "impl=hand"),
     )),
@@ -185,15 +201,24 @@ def run(repeat: int = 3, scale: float = 1.0, scenarios: list[Scenario] | None = 
     scenarios = list(SCENARIOS) if scenarios is None else scenarios
     results: dict = {"workloads": [], "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                      "repeat": repeat, "scale": scale, "skipped": {}}
-    with server() as srv:
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(server())
+        counted = None
+        if any(row.metrics for sc in scenarios for row in sc.rows):
+            # a second server, same core, idle while the other streams: sse_fast's metrics enabled
+            counted = stack.enter_context(server(env={"SSE_FAST_BENCH_METRICS": "1"}))
+
+        def srv_for(row: Row):
+            return counted if row.metrics else plain
+
         for sc in scenarios:
             usable = []
             for row in sc.rows:
-                why = available(srv.port, row, sc)
+                why = available(srv_for(row).port, row, sc)
                 deadline = time.monotonic() + wait_import
                 while why and time.monotonic() < deadline:
                     time.sleep(5)
-                    why = available(srv.port, row, sc)
+                    why = available(srv_for(row).port, row, sc)
                 if why:
                     log(f"  skipping {sc.key} / {row.label}: {why}")
                     results["skipped"][f"{sc.key} / {row.label}"] = why
@@ -201,11 +226,11 @@ def run(repeat: int = 3, scale: float = 1.0, scenarios: list[Scenario] | None = 
                     usable.append(row)
             counts = {row.label: max(MIN_EVENTS, int(sc.n * row.factor * scale)) for row in usable}
             for row in usable:  # warm-up: imports, allocator, code paths
-                measure(srv.port, srv.pid, row, sc, min(counts[row.label], 5000))
+                measure(srv_for(row).port, srv_for(row).pid, row, sc, min(counts[row.label], 5000))
             best: dict[str, dict] = {}
             for rep in range(repeat):
                 for row in usable:
-                    m = measure(srv.port, srv.pid, row, sc, counts[row.label])
+                    m = measure(srv_for(row).port, srv_for(row).pid, row, sc, counts[row.label])
                     flag = "" if m["ok"] else (f"  (INCOMPLETE: {m['body_bytes']:,} of {m['expected_body_bytes']:,} "
                                                f"bytes, complete={m['complete']})")
                     log(f"  {sc.key} #{rep + 1} {row.label:31s} {m['n']:>10,} ev {m['seconds']:7.3f} s "
@@ -225,6 +250,37 @@ def ratios(best: dict[str, dict]) -> list[tuple[str, float]]:
         return []
     top = best[FAST_FULL]["events_per_s"]
     return [(ref, top / best[ref]["events_per_s"]) for ref in RATIO_REFS if ref in best]
+
+
+def metrics_cost(best: dict[str, dict]) -> float | None:
+    """Percent change of events/s with sse_fast's metrics on, in one process (negative: slower); None when a row is missing."""
+    if FAST_METRICS_OFF not in best or FAST_METRICS not in best:
+        return None
+    return 100 * (best[FAST_METRICS]["events_per_s"] / best[FAST_METRICS_OFF]["events_per_s"] - 1)
+
+
+def metrics_section(results: dict) -> str:
+    """Markdown: per scenario, ``sse_fast`` with and without its Prometheus metrics, from one run."""
+    out = [f"One server process with `sse_fast.metrics.enable_metrics()` (a second server on the same core "
+           f"as the plain one) streams `{FAST_METRICS}` and `{FAST_METRICS_OFF}` (the same request with "
+           "`sse_fast.metrics.ACTIVE` = `None` when it starts: the disabled path), rows interleaved, best of "
+           f"{results.get('repeat', '?')}; `{FAST}` is the plain server's row (metrics never enabled there). "
+           "Target (issue 12): metrics on at most 5% slower.", "",
+           f"| scenario | events/send | `{FAST}`, events/s | metrics off, events/s | metrics on, events/s "
+           "| on vs off | server CPU us/event off / on |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = 0
+    for wl in results.get("workloads", []):
+        best = wl["best"]
+        cost = metrics_cost(best)
+        if cost is None:
+            continue
+        off, on = best[FAST_METRICS_OFF], best[FAST_METRICS]
+        plain = f"{best[FAST]['events_per_s']:,.0f}" if FAST in best else "n/a"
+        out.append(f"| {wl.get('title', wl['label'])} (`{wl['label']}`) | {off['events_per_send']:.1f} | {plain} "
+                   f"| {off['events_per_s']:,.0f} | {on['events_per_s']:,.0f} | {cost:+.1f}% "
+                   f"| {off['server_cpu_us_per_event']:.2f} / {on['server_cpu_us_per_event']:.2f} |")
+        rows += 1
+    return "\n".join(out) if rows else "(not measured in this run)"
 
 
 def table(results: dict) -> str:
@@ -251,6 +307,12 @@ def table(results: dict) -> str:
             out.append(f"| {label}{bad} | {m['n']:,} | {m['seconds']:.3f} | {eps:,.0f} | {m['mb_per_s']:.1f} "
                        f"| {m['sends']:,} | {m['events_per_send']:.1f} | {m['server_cpu_us_per_event']:.2f} "
                        f"| {x} | {pct} |")
+        mc = metrics_cost(best)
+        if mc is not None:
+            out.append("")
+            out.append(f"Metrics on (`{FAST_METRICS}` vs `{FAST_METRICS_OFF}`, one server process, same run): "
+                       f"{mc:+.1f}% events/s ({best[FAST_METRICS]['events_per_s']:,.0f} vs "
+                       f"{best[FAST_METRICS_OFF]['events_per_s']:,.0f}).")
         rs = ratios(best)
         if rs:
             out.append("")

@@ -58,7 +58,7 @@ def _get(d, *keys, default=None):
 
 
 def headline(enc: dict, e2e_res: dict, many: dict, fan: dict) -> list[tuple[str, str, str, str]]:
-    """Rows ``(what, target, measured, met?)`` for the targets of issues 3 and 8."""
+    """Rows ``(what, target, measured, met?)`` for the targets of issues 3, 8 and 12."""
     rows = []
 
     def verdict(ok):
@@ -91,6 +91,11 @@ def headline(enc: dict, e2e_res: dict, many: dict, fan: dict) -> list[tuple[str,
         if byts and raw:
             rows.append(("one stream, preformatted bytes, full contract: share of raw ceiling", ">= 50%",
                          f"{100 * byts / raw:.0f}%", verdict(byts / raw >= 0.5)))
+    for wl in e2e_res.get("workloads", []):
+        cost = e2e.metrics_cost(wl["best"])
+        if cost is not None:
+            rows.append((f"metrics on vs off, one stream, {wl['label']} (issue 12)", ">= -5%",
+                         f"{cost:+.1f}%", verdict(cost >= -5)))
     s0 = next((w for w in e2e_res.get("workloads", []) if w["label"] == "sleep0"), None)
     if s0:
         full = _get(s0["best"], "sse_fast full contract", "events_per_s")
@@ -146,7 +151,7 @@ def write_report(path: str, enc, e2e_res, many, fan, quick: bool, note: str, loa
     lines += [f"| {k} | {v} |" for k, v in m.items()]
     lines += ["", "Server: uvicorn with uvloop + httptools, no access log, in its own process pinned to core 0 "
               "(`taskset -c 0`); client: another process pinned to core 1, reading raw sockets.", "",
-              "## Headline (targets of issues 3 and 8)", "", "| what | target | measured | met |", "|---|---|---|---|"]
+              "## Headline (targets of issues 3, 8 and 12)", "", "| what | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline(enc, e2e_res, many, fan)]
     lines += ["", "## Encoder micro-benchmarks", "",
               "ns per event (minimum round time / events per round; `pytest benchmarks/test_bench_encoder.py`). "
@@ -160,6 +165,7 @@ def write_report(path: str, enc, e2e_res, many, fan, quick: bool, note: str, loa
               "(see `events`); compare rates. `sends` = non-empty HTTP chunks = the server's non-empty body "
               "`send()` calls. Server CPU from the server process's `/proc/PID/task/*/schedstat` (ns). "
               "Details: `python benchmarks/e2e.py --help`.", "", e2e.table(e2e_res), "",
+              "## Metrics on and off", "", e2e.metrics_section(e2e_res), "",
               "## Many idle streams", "", many_streams.table(many), "",
               "## Fan-out", "",
               "One broadcaster task puts each event on every client's `asyncio.Queue`; latency = client receive "

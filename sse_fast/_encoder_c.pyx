@@ -311,6 +311,9 @@ cdef class EventBuffer:
     cdef Buf buf
     cdef public str sep
     cdef public Py_ssize_t count
+    cdef public Py_ssize_t pings
+    cdef public Py_ssize_t last_events
+    cdef public Py_ssize_t last_pings
 
     def __cinit__(self, *args, **kwargs):
         self.buf.data = NULL
@@ -318,6 +321,9 @@ cdef class EventBuffer:
         self.buf.cap = 0
         self.buf.on_stack = 0
         self.count = 0
+        self.pings = 0
+        self.last_events = 0
+        self.last_pings = 0
 
     def __init__(self, sep="\r\n"):
         self.sep = check_sep(sep)
@@ -340,6 +346,11 @@ cdef class EventBuffer:
         """Append preformatted bytes (``bytes``, ``bytearray`` or ``memoryview``)."""
         write_bytes_like(&self.buf, data)
         self.count += 1
+
+    def append_ping(self, data):
+        """Append a ping's preformatted bytes; counted in ``pings``, not in ``count``."""
+        write_bytes_like(&self.buf, data)
+        self.pings += 1
 
     def append_str(self, text):
         """Append ``str(text)`` as the ``data`` of one event."""
@@ -365,7 +376,10 @@ cdef class EventBuffer:
         """Return everything appended so far as one ``bytes`` and empty the buffer."""
         cdef bytes out = PyBytes_FromStringAndSize(self.buf.data, self.buf.size)
         self.buf.size = 0
+        self.last_events = self.count
+        self.last_pings = self.pings
         self.count = 0
+        self.pings = 0
         if self.buf.cap > RETAIN_BYTES:
             # give a batch's memory back instead of holding it for the stream's life
             PyMem_Free(self.buf.data)
@@ -377,6 +391,7 @@ cdef class EventBuffer:
         """Drop what is waiting (used only when the stream is being torn down)."""
         self.buf.size = 0
         self.count = 0
+        self.pings = 0
 
 
 cdef enum:
@@ -474,6 +489,8 @@ cdef class StreamBuffer(EventBuffer):
     cdef public object room
     cdef public bint closing
     cdef public object loop
+    cdef public Py_ssize_t sent_events
+    cdef public Py_ssize_t sent_pings
 
     def __init__(self, sep="\r\n", high=65536, loop=None):
         self.sep = check_sep(sep)
@@ -483,6 +500,8 @@ cdef class StreamBuffer(EventBuffer):
         self.room = None
         self.closing = False
         self.loop = loop
+        self.sent_events = 0
+        self.sent_pings = 0
 
     cpdef notify(self):
         """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
@@ -493,8 +512,12 @@ cdef class StreamBuffer(EventBuffer):
                 fut.set_result(None)
 
     cpdef room_made(self):
-        """Wake the producer if it awaits room (called by the writer after a send)."""
+        """The send of the last ``take()`` completed: count its events and pings, wake the producer if it awaits room."""
         cdef object fut = self.room
+        self.sent_events += self.last_events
+        self.sent_pings += self.last_pings
+        self.last_events = 0
+        self.last_pings = 0
         if fut is not None:
             self.room = None
             if not fut.done():

@@ -234,14 +234,19 @@ class EventBuffer:
         sep: line terminator for items that do not carry their own.
     """
 
-    __slots__ = ("_parts", "_size", "sep", "count")
+    __slots__ = ("_parts", "_size", "sep", "count", "pings", "last_events", "last_pings")
 
     def __init__(self, sep: str = "\r\n") -> None:
         self.sep = check_sep(sep)
         self._parts: list[bytes] = []
         self._size = 0
-        #: number of items appended since the last ``take()``
+        #: number of items (events) appended since the last ``take()``, pings not included
         self.count = 0
+        #: number of pings appended (``append_ping``) since the last ``take()``
+        self.pings = 0
+        #: ``count`` and ``pings`` of what the last ``take()`` returned
+        self.last_events = 0
+        self.last_pings = 0
 
     def __len__(self) -> int:
         """Bytes waiting to be taken."""
@@ -260,6 +265,13 @@ class EventBuffer:
         self._parts.append(b)
         self._size += len(b)
         self.count += 1
+
+    def append_ping(self, data: bytes) -> None:
+        """Append a ping's preformatted bytes; counted in ``pings``, not in ``count``."""
+        b = bytes(data)
+        self._parts.append(b)
+        self._size += len(b)
+        self.pings += 1
 
     def append_str(self, text: Any) -> None:
         """Append ``str(text)`` as the ``data`` of one event."""
@@ -292,7 +304,10 @@ class EventBuffer:
             out = b"".join(parts)
         self._parts = []
         self._size = 0
+        self.last_events = self.count
+        self.last_pings = self.pings
         self.count = 0
+        self.pings = 0
         return out
 
     def clear(self) -> None:
@@ -300,6 +315,7 @@ class EventBuffer:
         self._parts = []
         self._size = 0
         self.count = 0
+        self.pings = 0
 
 
 def ensure_bytes(data: Any, sep: str) -> bytes:
@@ -336,13 +352,16 @@ class StreamBuffer(EventBuffer):
 
     Attributes:
         inflight: bytes of the ``send()`` in progress (set by the writer).
+        sent_events: events of the batches whose send completed (``room_made``
+            adds the last ``take()``'s; the writer adds the ones it sends itself).
+        sent_pings: pings of the batches whose send completed.
         wake: the writer's idle future while it waits for data, else ``None``.
         room: the producer's future while it awaits room, else ``None``.
         closing: set when nothing more will be appended; the writer ends once
             the buffer is empty.
     """
 
-    __slots__ = ("high", "inflight", "wake", "room", "closing", "loop")
+    __slots__ = ("high", "inflight", "wake", "room", "closing", "loop", "sent_events", "sent_pings")
 
     def __init__(self, sep: str = "\r\n", high: int = 65536, loop: Any = None) -> None:
         super().__init__(sep)
@@ -352,6 +371,8 @@ class StreamBuffer(EventBuffer):
         self.room: Any = None
         self.closing = False
         self.loop = loop
+        self.sent_events = 0
+        self.sent_pings = 0
 
     def notify(self) -> None:
         """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
@@ -362,7 +383,10 @@ class StreamBuffer(EventBuffer):
                 fut.set_result(None)
 
     def room_made(self) -> None:
-        """Wake the producer if it awaits room (called by the writer after a send)."""
+        """The send of the last ``take()`` completed: count its events and pings, wake the producer if it awaits room."""
+        self.sent_events += self.last_events
+        self.sent_pings += self.last_pings
+        self.last_events = self.last_pings = 0
         fut = self.room
         if fut is not None:
             self.room = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ import anyio
 from . import _encoder
 
 __all__ = ["SendTimeoutError", "StreamWriter", "DEFAULT_MAX_BUFFER_BYTES", "STOP_DISCONNECT", "STOP_SHUTDOWN",
-           "send_within"]
+           "STOP_ERROR", "send_within", "end_reason"]
 
 #: default bound, in bytes, on what one stream holds: encoded events waiting plus the send in flight
 DEFAULT_MAX_BUFFER_BYTES = 64 * 1024
@@ -49,6 +50,9 @@ DEFAULT_MAX_BUFFER_BYTES = 64 * 1024
 STOP_DISCONNECT = "disconnect"
 STOP_SHUTDOWN = "shutdown"
 STOP_ERROR = "error"
+
+#: seconds a running stream's counts may wait before they reach the metrics (``StreamWriter.flush_stats``)
+STATS_FLUSH_SECONDS = 1.0
 
 #: seconds a stream stopped by shutdown may take to send what it holds before it is cut: a
 #: client that stopped reading must not keep the server from exiting (``send_timeout`` if shorter)
@@ -90,6 +94,43 @@ async def send_within(send: Callable[[dict[str, Any]], Awaitable[None]], message
         raise timeout_error(send_timeout)
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+def end_reason(first_stop: str | None, exc: BaseException | None) -> str:
+    """Why a stream ended, for ``sse_fast_streams_ended_total{reason}`` (``metrics.END_REASONS``).
+
+    Args:
+        first_stop: the first stop request the stream got while running
+            (``STOP_DISCONNECT``, ``STOP_SHUTDOWN``, ``STOP_ERROR``), or ``None``.
+        exc: what the response raised, or ``None``.
+
+    Returns:
+        ``"send_timeout"`` when ``exc`` is a ``SendTimeoutError``; else
+        ``"disconnect"`` when the client went first; else ``"error"`` when
+        ``exc`` is an error (not a cancellation); else ``"shutdown"``; else
+        ``"disconnect"`` for a cancellation from outside (the server gave up
+        on the request); else ``"complete"``.
+    """
+    if isinstance(exc, SendTimeoutError):
+        return "send_timeout"
+    if first_stop == STOP_DISCONNECT:
+        return "disconnect"
+    if exc is not None and not _is_cancellation(exc):
+        return "error"
+    if first_stop == STOP_SHUTDOWN:
+        return "shutdown"
+    if first_stop == STOP_ERROR:
+        return "error"
+    if exc is not None:
+        return "disconnect"
+    return "complete"
+
+
 class StreamWriter:
     """Writes one event stream's body on asyncio: batching, pings, deadlines, stop requests.
 
@@ -103,6 +144,12 @@ class StreamWriter:
             ``None`` for the default comment.
         ping_when_idle: ping only after ``ping`` seconds without any send.
         max_buffer_bytes: bytes one stream may hold (buffered plus in flight).
+        stats: the route's ``metrics.StreamCounters`` to count sends into, or
+            ``None`` (metrics off: nothing is counted). The counts of completed
+            sends are kept anyway (``sent_bytes``, ``sends``, the buffer's
+            ``sent_events``/``sent_pings``); with ``stats`` they reach it within
+            ``STATS_FLUSH_SECONDS`` (one loop timer while counts wait) and when
+            the response calls ``flush_stats()`` at the end.
     """
 
     __slots__ = (
@@ -118,6 +165,10 @@ class StreamWriter:
         "writer_task",
         "phase",
         "stop_reason",
+        "first_stop",
+        "stats",
+        "_flushed",
+        "_stats_timer",
         "error",
         "sent_bytes",
         "sends",
@@ -144,6 +195,7 @@ class StreamWriter:
         ping_factory: Callable[[], Any] | None = None,
         ping_when_idle: bool = False,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        stats: Any = None,
     ) -> None:
         self.send = send
         self.loop = loop
@@ -159,6 +211,13 @@ class StreamWriter:
         self.phase = _STARTING
         #: ``None`` while streaming; ``STOP_DISCONNECT``, ``STOP_SHUTDOWN`` or ``STOP_ERROR`` once stopped
         self.stop_reason: str | None = None
+        #: the first stop request received while the stream ran (``stop_reason`` can change to
+        #: ``STOP_DISCONNECT`` afterwards, e.g. a shutdown whose flush the client did not take)
+        self.first_stop: str | None = None
+        self.stats = stats
+        # (sends, bytes, events, pings) already handed to ``stats`` (see ``flush_stats``)
+        self._flushed = (0, 0, 0, 0)
+        self._stats_timer: asyncio.TimerHandle | None = None
         #: the failure (of a send, a ping factory) that the response raises
         self.error: BaseException | None = None
         #: body bytes and ``http.response.body`` messages sent by the writer task
@@ -191,6 +250,8 @@ class StreamWriter:
         if self.stop_reason is None or reason == STOP_DISCONNECT:
             self.stop_reason = reason
         phase = self.phase
+        if self.first_stop is None and phase < _DONE:
+            self.first_stop = reason
         if reason == STOP_SHUTDOWN and self._flush_deadline is None and phase < _DONE:
             bound = SHUTDOWN_FLUSH_SECONDS
             if self.send_timeout is not None:
@@ -247,7 +308,7 @@ class StreamWriter:
             except Exception as exc:  # a ping_message_factory that fails ends the stream, loudly
                 self.fail(exc)
                 return
-            self.buffer.append_bytes(data)
+            self.buffer.append_ping(data)
             self.buffer.notify()
         self._ping_handle = loop.call_at(self._next_ping, self._on_ping_timer)
 
@@ -283,6 +344,24 @@ class StreamWriter:
             self._flush_deadline = None
         self._cancel_writer()
 
+    # -- metrics ------------------------------------------------------------------
+
+    def _arm_stats(self) -> None:
+        self._stats_timer = self.loop.call_later(STATS_FLUSH_SECONDS, self.flush_stats)
+
+    def flush_stats(self) -> None:
+        """Hand the counts of the sends completed since the last call to ``stats`` (the timer's job; the response's at the end)."""
+        timer = self._stats_timer
+        if timer is not None:
+            timer.cancel()  # a no-op when it is the timer calling
+            self._stats_timer = None
+        sb = self.buffer
+        now = (self.sends, self.sent_bytes, sb.sent_events, sb.sent_pings)
+        sends, nbytes, events, pings = (a - b for a, b in zip(now, self._flushed, strict=True))
+        if sends:
+            self._flushed = now
+            self.stats.sent(nbytes, events, pings, sends)
+
     # -- sends started by a publisher (broadcast fan-out) -----------------------
 
     @property
@@ -292,7 +371,7 @@ class StreamWriter:
         return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
 
     def send_inline(self, body: bytes) -> None:
-        """Send ``body`` now, in the caller's task, when the stream is ``idle``.
+        """Send ``body`` (one event) now, in the caller's task, when the stream is ``idle``.
 
         The server's ``send()`` coroutine is started here; when it completes at
         once (the usual case) no task is woken at all. When it suspends (the
@@ -307,6 +386,9 @@ class StreamWriter:
         except StopIteration:
             self.sent_bytes += len(body)
             self.sends += 1
+            sb.sent_events += 1  # one broadcast event
+            if self.stats is not None and self._stats_timer is None:
+                self._arm_stats()
             if self.ping_when_idle:
                 self._last_send = self.loop.time()
             return
@@ -327,6 +409,7 @@ class StreamWriter:
         send = self.send
         loop = self.loop
         timeout = self.send_timeout
+        stats = self.stats
         try:
             while True:
                 if self._handoff is not None:
@@ -344,9 +427,12 @@ class StreamWriter:
                     sb.inflight = 0
                     self.sent_bytes += size
                     self.sends += 1
+                    sb.sent_events += 1  # one broadcast event, sent inline
                     if self.ping_when_idle:
                         self._last_send = loop.time()
                     sb.room_made()
+                    if stats is not None and self._stats_timer is None:
+                        self._arm_stats()
                     continue
                 if not len(sb):
                     if sb.closing:
@@ -373,7 +459,10 @@ class StreamWriter:
                 self.sends += 1
                 if self.ping_when_idle:
                     self._last_send = loop.time()
-                sb.room_made()
+                sb.room_made()  # also counts the batch's events and pings
+                if stats is not None and self._stats_timer is None:
+                    # the metrics get this send's counts at most STATS_FLUSH_SECONDS later
+                    self._arm_stats()
         except asyncio.CancelledError:
             if self.stop_reason is None:
                 raise  # the stream is being torn down: not ours to absorb

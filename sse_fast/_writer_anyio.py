@@ -40,6 +40,8 @@ class GenericStream:
         max_buffer_bytes: bytes one stream may hold (buffered plus in flight).
         close_handler: awaited with the ``http.disconnect`` message, or ``None``.
         data_sender: a coroutine function run beside the stream, or ``None``.
+        stats: the route's ``metrics.StreamCounters`` to count sends into, or
+            ``None`` (metrics off).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class GenericStream:
         data_sender: Callable[[], Awaitable[None]] | None,
         shutdown_event: Any = None,
         shutdown_grace_period: float = 0,
+        stats: Any = None,
     ) -> None:
         self.send = send
         self.sep = sep
@@ -69,6 +72,10 @@ class GenericStream:
         self.closing = False
         #: ``None`` while streaming, else why it stopped (``_writer.STOP_*``)
         self.stop_reason: str | None = None
+        #: the first stop request received before the body ended (see ``_writer.end_reason``)
+        self.first_stop: str | None = None
+        self.finished = False
+        self.stats = stats
         self.error: BaseException | None = None
         self.started = False
         self._data_ready = anyio.Event()
@@ -100,6 +107,8 @@ class GenericStream:
         """End the stream: the producer and every helper task are cancelled."""
         if self.stop_reason is None or reason == STOP_DISCONNECT:
             self.stop_reason = reason
+        if self.first_stop is None and not self.finished:
+            self.first_stop = reason
         if self._scope is not None:
             self._scope.cancel()
 
@@ -151,6 +160,7 @@ class GenericStream:
                     # cutting it short would leave the connection to its graceful timeout
                     with anyio.CancelScope(shield=True):
                         await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
+                    self.finished = True
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # anyio wraps task failures; the caller gets the exception itself
@@ -160,11 +170,15 @@ class GenericStream:
         if self.stop_reason == STOP_SHUTDOWN and self.started and self.error is None and failure is None:
             # the producer was cancelled by shutdown: send what it made, then end the body
             with anyio.CancelScope(shield=True):
-                if len(self.buffer):
-                    await self._send_checked(
-                        {"type": "http.response.body", "body": self.buffer.take(), "more_body": True}
-                    )
+                buf = self.buffer
+                if len(buf):
+                    events, pings = buf.count, buf.pings
+                    body = buf.take()
+                    await self._send_checked({"type": "http.response.body", "body": body, "more_body": True})
+                    if self.stats is not None:
+                        self.stats.sent(len(body), events, pings)
                 await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
+                self.finished = True
         if self.error is not None:
             raise self.error
         if failure is not None:
@@ -181,6 +195,7 @@ class GenericStream:
 
     async def _write_loop(self) -> None:
         buf = self.buffer
+        stats = self.stats
         try:
             while True:
                 if not len(buf):
@@ -189,6 +204,7 @@ class GenericStream:
                     self._data_ready = anyio.Event()
                     await self._data_ready.wait()
                     continue
+                events, pings = buf.count, buf.pings
                 body = buf.take()
                 self.inflight = len(body)
                 try:
@@ -198,6 +214,8 @@ class GenericStream:
                         raise
                     self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
                     return
+                if stats is not None:
+                    stats.sent(len(body), events, pings)
                 self.inflight = 0
                 self._room.set()
         except Exception as exc:
@@ -217,7 +235,7 @@ class GenericStream:
             except Exception as exc:
                 self._fail(exc)
                 return
-            self.buffer.append_bytes(data)
+            self.buffer.append_ping(data)
             self._notify()
 
     async def _listen(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:

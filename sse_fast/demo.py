@@ -2,9 +2,10 @@
 
 ``create_app(backend)`` builds a Starlette app whose endpoints stream with
 sse_fast's ``EventSourceResponse`` (``backend="sse_fast"``) or, for side by
-side comparisons, sse-starlette's (``backend="sse_starlette"``). One
+side comparisons, sse-starlette's (``backend="sse_starlette"``). One in-memory
 ``sse_fast.broadcast.Broadcast`` per app (``app.state.broadcast``) carries the
-chat and the fan-out topics.
+fan-out topics; the chat has its own (``app.state.chat_broadcast``), in memory
+or, with ``broadcast_url``, on Redis, shared by every worker and machine.
 
 Endpoints:
     ``/``: a page whose ``EventSource`` shows the ``/events`` stream live.
@@ -23,11 +24,15 @@ Endpoints:
         (interval, size) pairs per app (400 beyond).
     ``/idle?ping=SECONDS``: no data, pings only (default 15 s).
     ``/firehose?size=BYTES``: endless events as fast as possible.
+    ``/metrics``: sse_fast's Prometheus metrics (``sse_fast.metrics``), when
+        prometheus_client is installed; the streams above carry the ``route``
+        label ``events``, ``stream``, ``fanout``, ``idle``, ``firehose``, ``chat``.
     ``/chat``: a chat page: a message sent in one tab appears in every open tab.
     ``POST /chat/send``: form (``application/x-www-form-urlencoded``) or JSON
         body ``{"name", "text"}``; publishes ``event: chat``, id = the topic's
-        next number, data JSON ``{"name", "text", "t"}``; answers JSON
-        ``{"id", "t"}``, or 400 with the reason in plain text.
+        next number (memory) or the Redis stream entry id, data JSON
+        ``{"name", "text", "t"}``; answers JSON ``{"id", "t"}``, 400 with the
+        reason in plain text, or 503 when Redis did not take the message.
     ``/chat/events?client=ID``: the chat stream: ``retry: 200`` first, then
         the messages after the request's ``Last-Event-ID`` (replay, or an
         ``sse_fast.gap`` event when they are no longer kept), then live ones.
@@ -37,8 +42,9 @@ Endpoints:
         from the server side, cleanly (after ``retry: MS`` when given); its
         ``EventSource`` reconnects with ``Last-Event-ID`` and replays what it
         missed. 404 when no such client is connected.
-    ``GET /chat/_clients`` (debug): JSON ``{"subscribers", "live"}``: the
-        chat topic's subscriber count and the named clients receiving now.
+    ``GET /chat/_clients`` (debug): JSON ``{"subscribers", "live", "pid"}``: the
+        chat topic's subscriber count in this worker, the named clients
+        receiving now, and the worker's process id.
 
 With ``backend="sse_starlette"`` every endpoint works: ``/fanout`` and the
 chat stream hand the broadcast subscription (an async iterator of encoded
@@ -52,7 +58,9 @@ no way to send a ``retry`` first or to be ended by the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import time
 from datetime import UTC, datetime
@@ -64,9 +72,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .broadcast import Broadcast, Subscription
+from .broadcast import Broadcast, PublishError, Subscription
 
-__all__ = ["create_app", "query_number", "PAGE", "CHAT_PAGE"]
+__all__ = ["create_app", "app_from_env", "query_number", "PAGE", "CHAT_PAGE"]
 
 #: the chat topic of the app's broadcast
 CHAT_TOPIC = "chat"
@@ -285,6 +293,24 @@ async def chat_message(request: Request) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def enable_demo_metrics() -> bool:
+    """Enable sse_fast's metrics in prometheus_client's default registry; ``False`` without prometheus_client."""
+    from . import metrics
+
+    try:
+        metrics.enable_metrics()
+    except ImportError:
+        return False
+    return True
+
+
+async def metrics_page(request: Request) -> Response:
+    """``GET /metrics``: prometheus_client's text exposition of its default registry."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 class _ChatConnection:
     """One chat stream: its subscription, and the way the debug route ends it."""
 
@@ -305,19 +331,26 @@ class _ChatConnection:
         await self.subscription.aclose()
 
 
-def create_app(backend: str = "sse_fast") -> Starlette:
+def create_app(backend: str = "sse_fast", broadcast_url: str | None = None) -> Starlette:
     """Build the demo app.
 
     Args:
         backend: ``"sse_fast"`` or ``"sse_starlette"``: whose
             ``EventSourceResponse`` the endpoints use.
+        broadcast_url: the chat's broadcast backend: ``None`` (memory, this
+            process) or a Redis URL (``redis://127.0.0.1:6379/0``): then every
+            worker and machine on that Redis serves one chat, and a tab that
+            reconnects to another worker replays what it missed.
 
     Returns:
-        A Starlette app; ``app.state.broadcast`` is its ``Broadcast``.
+        A Starlette app; ``app.state.broadcast`` is the fan-out's ``Broadcast``
+        (always in memory: each worker runs its own tick publishers),
+        ``app.state.chat_broadcast`` the chat's.
 
     Raises:
-        ValueError: unknown ``backend``.
-        ImportError: ``backend="sse_starlette"`` and sse-starlette is not installed.
+        ValueError: unknown ``backend`` or a bad ``broadcast_url``.
+        ImportError: ``backend="sse_starlette"`` and sse-starlette is not
+            installed, or a Redis URL without redis-py.
     """
     if backend == "sse_fast":
         from sse_fast import EventSourceResponse
@@ -326,9 +359,17 @@ def create_app(backend: str = "sse_fast") -> Starlette:
     else:
         raise ValueError(f"backend must be 'sse_fast' or 'sse_starlette', got {backend!r}")
     attached = backend == "sse_fast"
+    # before any Broadcast exists: each one registers its subscriber counts with the metrics
+    metrics_on = enable_demo_metrics()
+
+    def named(route: str) -> dict[str, Any]:
+        # the metrics' route label (sse-starlette's response has no such argument)
+        return {"metrics_route": route} if attached else {}
 
     # a subscriber may fall 4 MiB behind: room for the largest /fanout event (1 MiB) and a backlog
     broadcast = Broadcast(history=1000, history_bytes=2 << 20, max_subscriber_bytes=4 << 20)
+    chat_broadcast = Broadcast(history=1000, history_bytes=2 << 20, max_subscriber_bytes=4 << 20,
+                               url=broadcast_url, publish_timeout=2.0)
     fanout_tasks: dict[str, asyncio.Task[None]] = {}
     fanout_asked: dict[str, float] = {}  # topic -> loop time of its last request
     fanout_seq: dict[str, int] = {}  # topic -> last seq published (ids go on after a restart)
@@ -351,7 +392,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
                 n += 1
                 await asyncio.sleep(interval)
 
-        return EventSourceResponse(gen())
+        return EventSourceResponse(gen(), **named("events"))
 
     async def stream(request: Request) -> Response:
         n = query_number(request, "n", 1000, 0, 100_000_000)
@@ -362,7 +403,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
             for i in range(n):
                 yield {"data": payload, "id": str(i)}
 
-        return EventSourceResponse(gen())
+        return EventSourceResponse(gen(), **named("stream"))
 
     async def publish_ticks(topic: str, interval: float, size: int) -> None:
         loop = asyncio.get_running_loop()
@@ -396,7 +437,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         if topic not in fanout_tasks:
             fanout_tasks[topic] = loop.create_task(publish_ticks(topic, interval, size))
         if attached:
-            return broadcast.response(request, topic)
+            return broadcast.response(request, topic, **named("fanout"))
         return EventSourceResponse(broadcast.subscribe(topic, request.headers.get("last-event-id")))
 
     async def idle(request: Request) -> Response:
@@ -406,7 +447,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
             await asyncio.Event().wait()
             yield {}  # never reached
 
-        return EventSourceResponse(gen(), ping=ping)
+        return EventSourceResponse(gen(), ping=ping, **named("idle"))
 
     async def firehose(request: Request) -> Response:
         size = query_number(request, "size", 50, 0, 1024 * 1024)
@@ -418,7 +459,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
                 yield {"data": payload, "id": str(i)}
                 i += 1
 
-        return EventSourceResponse(gen())
+        return EventSourceResponse(gen(), **named("firehose"))
 
     async def chat_page(request: Request) -> Response:
         return HTMLResponse(CHAT_PAGE)
@@ -427,7 +468,10 @@ def create_app(backend: str = "sse_fast") -> Starlette:
         name, text = await chat_message(request)
         t = time.time()
         data = json.dumps({"name": name, "text": text, "t": t}, ensure_ascii=False, separators=(",", ":"))
-        eid = broadcast.publish({"event": "chat", "data": data}, CHAT_TOPIC)
+        try:
+            eid = await chat_broadcast.apublish({"event": "chat", "data": data}, CHAT_TOPIC)
+        except PublishError as exc:
+            return Response(f"not published: {exc}", status_code=503, media_type="text/plain")
         return JSONResponse({"id": eid, "t": t})
 
     def client_param(request: Request, required: bool) -> str | None:
@@ -440,7 +484,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
 
     async def chat_events(request: Request) -> Response:
         client = client_param(request, required=False)
-        sub = broadcast.subscribe(CHAT_TOPIC, request.headers.get("last-event-id"))
+        sub = chat_broadcast.subscribe(CHAT_TOPIC, request.headers.get("last-event-id"))
         conn = _ChatConnection(sub)
         if client is not None:
             chat_clients[client] = conn  # a reconnection replaces the old entry
@@ -462,7 +506,7 @@ def create_app(backend: str = "sse_fast") -> Starlette:
                 if client is not None and chat_clients.get(client) is conn:
                     del chat_clients[client]
 
-        return EventSourceResponse(gen(), ping=15)
+        return EventSourceResponse(gen(), ping=15, **named("chat"))
 
     async def chat_drop(request: Request) -> Response:
         client = client_param(request, required=True)
@@ -476,7 +520,8 @@ def create_app(backend: str = "sse_fast") -> Starlette:
 
     async def chat_clients_route(request: Request) -> Response:
         live = sorted(c for c, conn in chat_clients.items() if conn.live)
-        return JSONResponse({"subscribers": broadcast.subscribers(CHAT_TOPIC), "live": live})
+        return JSONResponse({"subscribers": chat_broadcast.subscribers(CHAT_TOPIC), "live": live,
+                             "pid": os.getpid()})
 
     routes = [
         Route("/", page),
@@ -496,11 +541,29 @@ def create_app(backend: str = "sse_fast") -> Starlette:
     except ImportError:
         extra = []
     routes.extend(extra)
+    if metrics_on:
+        routes.append(Route("/metrics", metrics_page))
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return Response(str(exc), status_code=400, media_type="text/plain")
 
-    app = Starlette(routes=routes, exception_handlers={ValueError: bad_request})
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        await chat_broadcast.aclose()  # the Redis reader and connections, if any
+
+    app = Starlette(routes=routes, exception_handlers={ValueError: bad_request}, lifespan=lifespan)
     app.state.broadcast = broadcast
+    app.state.chat_broadcast = chat_broadcast
     app.state.fanout_tasks = fanout_tasks
     return app
+
+
+def app_from_env() -> Starlette:
+    """``create_app`` configured by the environment: for ``uvicorn --workers N`` (an app factory).
+
+    ``SSE_FAST_DEMO_BACKEND`` (default ``sse_fast``) and ``SSE_FAST_BROADCAST_URL``
+    (default: none, memory) are ``create_app``'s arguments.
+    """
+    return create_app(os.environ.get("SSE_FAST_DEMO_BACKEND", "sse_fast"),
+                      os.environ.get("SSE_FAST_BROADCAST_URL") or None)

@@ -70,12 +70,13 @@ __all__ = [
 
 logger = logging.getLogger("sse_fast")
 
-#: the ``reason`` label values of ``streams_ended_total``, in order of precedence:
+#: the ``reason`` label values of ``streams_ended_total``. When several apply, the first of:
 #: ``send_timeout`` (the response raised ``SendTimeoutError``), ``disconnect`` (the
-#: client went away, or a send failed with ``OSError``, or the server cancelled the
-#: request), ``error`` (the iterator, a send, the ping factory or the data sender
-#: raised), ``shutdown`` (server shutdown or ``AppStatus.should_exit``; also a
-#: broadcast subscriber cut for being slow), ``complete`` (the iterator ended).
+#: client went away, or a send failed with ``OSError``), ``error`` (the iterator, a
+#: send, the ping factory or the data sender raised), ``shutdown`` (server shutdown or
+#: ``AppStatus.should_exit``; also a broadcast subscriber cut for being slow),
+#: ``disconnect`` again for a cancellation from outside (the server gave up on the
+#: request), ``complete`` (the iterator ended). See ``_writer.end_reason``.
 END_REASONS = ("complete", "disconnect", "send_timeout", "shutdown", "error")
 
 #: buckets (seconds) of ``broadcast_delivery_seconds``: 0.1 ms to 1 s

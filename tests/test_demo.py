@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -158,7 +159,7 @@ def test_chat_message_reaches_every_subscriber_once(backend):
     async def main():
         app = create_app(backend)
         async with _client(app) as c, stream_app(app, "/chat/events") as a, stream_app(app, "/chat/events") as b:
-            await _until(lambda: app.state.broadcast.subscribers("chat") == 2)
+            await _until(lambda: app.state.chat_broadcast.subscribers("chat") == 2)
             r1 = await c.post("/chat/send", json={"name": " ann ", "text": "hello\r\nthere é"})
             r2 = await c.post("/chat/send", data={"name": "bob", "text": "yo"})
             ea, eb = await a.take(2), await b.take(2)
@@ -191,7 +192,7 @@ def test_chat_replays_after_last_event_id_then_goes_live(backend):
                 live = await s.next_event()
             async with stream_app(app, "/chat/events", headers={"last-event-id": "5"}) as s:
                 # up to date: nothing replayed, the next event is the next live message
-                await _until(lambda: app.state.broadcast.subscribers("chat") == 1)
+                await _until(lambda: app.state.chat_broadcast.subscribers("chat") == 1)
                 await c.post("/chat/send", json={"name": "ann", "text": "after"})
                 after = await s.next_event()
         return replayed, live, after
@@ -225,8 +226,8 @@ def test_chat_drop_ends_the_stream_cleanly_and_the_client_resumes(backend):
         app = create_app(backend)
         async with _client(app) as c:
             async with stream_app(app, "/chat/events?client=tab-2") as s:
-                await _until(lambda: app.state.broadcast.subscribers("chat") == 1)
-                assert (await c.get("/chat/_clients")).json() == {"subscribers": 1, "live": ["tab-2"]}
+                await _until(lambda: app.state.chat_broadcast.subscribers("chat") == 1)
+                assert (await c.get("/chat/_clients")).json() == {"subscribers": 1, "live": ["tab-2"], "pid": os.getpid()}
                 await c.post("/chat/send", json={"name": "ann", "text": "before"})
                 before = await s.next_event()
                 dropped = await c.post("/chat/_drop", params={"client": "tab-2", "retry": "1500"})
@@ -240,7 +241,7 @@ def test_chat_drop_ends_the_stream_cleanly_and_the_client_resumes(backend):
                 await c.post("/chat/send", json={"name": "ann", "text": "live"})
                 live = await s.next_event()
                 clients = (await c.get("/chat/_clients")).json()
-            await _until(lambda: app.state.broadcast.subscribers("chat") == 0)
+            await _until(lambda: app.state.chat_broadcast.subscribers("chat") == 0)
             after = (await c.get("/chat/_clients")).json()
         return before, dropped, tail, farewell_retry, last, gone, missed, resumed, live, clients, after
 
@@ -253,8 +254,8 @@ def test_chat_drop_ends_the_stream_cleanly_and_the_client_resumes(backend):
     assert _chat(resumed + [live]) == [("chat", str(i + 2), "ann", f"missed {i}") for i in range(3)] + [
         ("chat", "5", "ann", "live")
     ]
-    assert clients == {"subscribers": 1, "live": ["tab-2"]}
-    assert after == {"subscribers": 0, "live": []}
+    assert clients == {"subscribers": 1, "live": ["tab-2"], "pid": os.getpid()}
+    assert after == {"subscribers": 0, "live": [], "pid": os.getpid()}
 
 
 def test_chat_drop_needs_a_valid_client():
