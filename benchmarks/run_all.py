@@ -176,8 +176,31 @@ def write_report(path: str, enc, e2e_res, many, fan, quick: bool, note: str, loa
               "`python benchmarks/fanout.py` (each takes `--quick` and `--json FILE`); encoder: "
               "`pytest benchmarks/test_bench_encoder.py --benchmark-json=benchmarks/out/encoder.json && "
               "python benchmarks/check_floor.py benchmarks/out/encoder.json`.", ""]
+    lines += _kept_sections(path)
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
+
+
+#: sections of RESULTS.md that run_all does not measure (they need a redis-server, and take minutes):
+#: kept as they are when the file is rewritten; each names its own command
+KEPT_SECTIONS = ("## Broadcast over Redis",)
+
+
+def _kept_sections(path: str) -> list[str]:
+    """The ``KEPT_SECTIONS`` of the existing file at ``path``, as lines (empty when there is none)."""
+    try:
+        with open(path) as fh:
+            old = fh.read().split("\n")
+    except OSError:
+        return []
+    out: list[str] = []
+    keep = False
+    for line in old:
+        if line.startswith("## "):
+            keep = line.startswith(KEPT_SECTIONS)
+        if keep:
+            out.append(line)
+    return out
 
 
 def main(argv=None) -> int:

@@ -814,3 +814,72 @@ def test_redis_metrics_reconnects_lag_and_publishes(impl, redis_srv, prefix):
         assert reg.get_sample_value("sse_fast_broadcast_delivery_seconds_count") == 2
     finally:
         metrics.disable_metrics()
+
+
+def test_a_connected_reader_that_falls_behind_maxlen_signals_the_gap(impl, redis_srv, prefix):
+    """The reader stays connected but its loop is busy while 1,000 events are published with
+    MAXLEN ~ 100: the entries trimmed before it read them are a gap event (the topic's ordinal
+    jumps), not a silent hole; what it did read is contiguous on both sides of the gap."""
+
+    async def main():
+        b = Broadcast(url=redis_srv.url, key_prefix=prefix, history=100)
+        got: list[bytes] = []
+
+        async def collect():
+            async for data in b.subscribe("t"):
+                got.append(data)
+
+        task = asyncio.create_task(collect())
+        with anyio.fail_after(5):
+            while not b.subscribers("t"):
+                await asyncio.sleep(0.01)
+        with RedisPublisher(redis_srv.url, key_prefix=prefix, history=100) as pub:
+            ids = [pub.publish({"data": "0"}, "t")]
+            with anyio.fail_after(5):
+                while not got:
+                    await asyncio.sleep(0.01)
+            # the loop is blocked for the whole burst: the reader cannot keep up
+            ids += [pub.publish({"data": str(i)}, "t") for i in range(1, 1001)]
+        with anyio.fail_after(10):
+            while sse_id(got[-1]) != ids[-1] if got else True:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await b.aclose()
+        return ids, got
+
+    ids, got = run(main)
+    gaps = [i for i, d in enumerate(got) if d.startswith(GAP)]
+    assert len(gaps) == 1, [d[:40] for d in got[:5]]
+    before, after = [sse_id(d) for d in got[:gaps[0]]], [sse_id(d) for d in got[gaps[0] + 1:]]
+    assert before == ids[:len(before)] and after == ids[-len(after):]
+    assert len(before) + len(after) < len(ids)  # there was a hole, and the gap event says so
+
+
+def test_a_topic_key_of_another_type_fails_the_subscription_then_recovers(impl, redis_srv, prefix):
+    r = redis.Redis.from_url(redis_srv.url)
+    r.set(prefix + "t", "not a stream")
+
+    async def main():
+        b = Broadcast(url=redis_srv.url, key_prefix=prefix)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await take(b.subscribe("t"), 1)
+        r.delete(prefix + "t")
+        t = asyncio.create_task(take(b.subscribe("t"), 1))
+        with anyio.fail_after(5):
+            while not b.subscribers("t"):
+                await asyncio.sleep(0.01)
+        eid = await b.apublish({"data": "ok"}, "t")
+        got = await t
+        await b.aclose()
+        return eid, got
+
+    eid, got = run(main)
+    assert got == [f"id: {eid}\r\ndata: ok\r\n\r\n".encode()]
+
+
+def test_reserved_topic_names_are_refused_with_redis(redis_srv):
+    b = Broadcast(url=redis_srv.url)
+    with pytest.raises(ValueError, match="topic names starting with '__' are reserved"):
+        asyncio.run(b.apublish("x", "__seq__"))
+    with pytest.raises(ValueError, match="reserved"), RedisPublisher(redis_srv.url) as pub:
+        pub.publish("x", "__seq__")

@@ -19,15 +19,23 @@ caught up with the stream's newest entry; only then is it a gap.
 Stream entry fields (UTF-8): ``d`` data, ``e`` event type, ``i`` the app's id,
 ``r`` retry (decimal milliseconds), ``c`` comment, or ``b`` for preformatted
 bytes (sent as they are); ``t`` the publisher's wall clock (``time.time()``,
-seconds), for the lag and publish-to-deliver figures.
+seconds), for the lag and publish-to-deliver figures; ``n`` the topic's
+ordinal: a publish is one Lua script (``PUBLISH_SCRIPT``) that increments the
+topic's counter in the hash ``<key_prefix>__seq__`` and adds the entry with
+it, atomically. A reader that finds ``n`` jump knows that entries were trimmed
+(``MAXLEN``) before it read them, whether it was cut off or only slow, and
+signals a gap to its subscribers instead of skipping them silently. Topic
+names starting with ``__`` are reserved (the counters, the readers' wake-up
+streams).
 
 Faults: when Redis is unreachable the open streams stay open (their pings go
 on); the reader retries with exponential backoff (0.05 s doubling to 2 s) and
 resumes after the last entry it delivered, so nothing still in the stream is
 lost. A publish that cannot complete within ``publish_timeout`` seconds fails
 with ``PublishError``; it is never dropped silently (the failure is also
-logged). Entries trimmed away (``MAXLEN``) while a reader was cut off are
-signalled to its subscribers as a gap event.
+logged). Entries trimmed away before a reader read them are signalled to its
+subscribers as a gap event (see ``n`` above). Not for Redis Cluster: the
+script touches two keys.
 """
 
 from __future__ import annotations
@@ -67,15 +75,40 @@ def _import_redis() -> Any:
     return aioredis
 
 
+#: ``KEYS[1]`` the stream, ``KEYS[2]`` the counters' hash; ``ARGV[1]`` the topic, ``ARGV[2]``
+#: MAXLEN, then field/value pairs: the topic's next ordinal and the entry, in one step
+PUBLISH_SCRIPT = """
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', n}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+return redis.call(unpack(args))
+"""
+
+
 def stream_key(key_prefix: str, topic: str) -> str:
     """The Redis Stream key of ``topic``.
 
     Raises:
         TypeError: ``topic`` is not a str.
+        ValueError: ``topic`` starts with ``__`` (reserved).
     """
     if not isinstance(topic, str):
         raise TypeError(f"topic must be a str, got {topic!r}")
+    if topic.startswith("__"):
+        raise ValueError(f"topic names starting with '__' are reserved by the Redis backend, got {topic!r}")
     return key_prefix + topic
+
+
+def seq_key(key_prefix: str) -> str:
+    """The hash of the topics' ordinals (field: topic, value: the last ordinal given)."""
+    return key_prefix + "__seq__"
+
+
+def _script_args(topic: str, maxlen: int, fields: dict) -> list:
+    args: list = [topic, maxlen]
+    for k, v in fields.items():
+        args += [k, v]
+    return args
 
 
 def event_fields(event: Any) -> dict[str, str | bytes]:
@@ -214,9 +247,9 @@ class RedisBackend:
                                          socket_timeout=BLOCK_MS / 1000 + self.publish_timeout,
                                          max_connections=4)
         self._last: dict[str, str] = {}  # stream key -> id of the last entry delivered here
-        # stream key -> the stream's entries-added count at that entry (XINFO STREAM): after an
-        # outage, more entries added than the stream still holds after it means some were trimmed
-        self._added: dict[str, int] = {}
+        # stream key -> ordinal (field n) of the last entry delivered here: a jump is a gap
+        self._seq: dict[str, int] = {}
+        self._seq_key = seq_key(key_prefix)
         # this process's wake-up stream: the reader's XREAD includes it, so adding a topic
         # (or closing) wakes the blocked XREAD by an XADD here instead of cancelling a command
         self._wake_key = f"{key_prefix}__reader__:{uuid.uuid4().hex}"
@@ -300,10 +333,7 @@ class RedisBackend:
                 try:
                     # one pipeline per batch: every publish made while the previous one was in flight
                     async with asyncio.timeout_at(min(p.deadline for p in live)):
-                        pipe = self._client.pipeline(transaction=False)
-                        for p in live:
-                            pipe.xadd(p.key, p.fields, maxlen=self.maxlen, approximate=True)
-                        ids = await pipe.execute()
+                        ids = await self._execute(live)
                 except Exception as exc:  # every failure fails the whole batch: none is dropped silently
                     for p in live:
                         self._fail(p, exc)
@@ -318,6 +348,25 @@ class RedisBackend:
             self._publisher_task = None
             if self._pending and not self._closed:  # cancelled with work left: start again
                 self._publisher_task = loop.create_task(self._publish_loop())
+
+    async def _execute(self, live: list[_Pending]) -> list:
+        import redis.exceptions as rx
+
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            for p in live:
+                # EVAL, not EVALSHA: no SCRIPT LOAD round trip; Redis caches the compiled script
+                pipe.eval(PUBLISH_SCRIPT, 2, p.key, self._seq_key, *_script_args(p.topic, self.maxlen, p.fields))
+            try:
+                return await pipe.execute()
+            except rx.ConnectionError:
+                if attempt == 2:
+                    raise
+                # a pooled connection that died while idle (a partition, a Redis restart) fails at
+                # its first use: drop the pool's connections and try once more on a new one (if
+                # the first try had gone through after all, the event is there twice: at least once)
+                await self._client.connection_pool.disconnect()
+        raise AssertionError("unreachable")
 
     def _fail(self, p: _Pending, exc: BaseException) -> None:
         if isinstance(exc, (TimeoutError, TimeoutError)):
@@ -347,6 +396,9 @@ class RedisBackend:
             fut = self._loading.get(key)
             if fut is None:
                 fut = self._loading[key] = asyncio.ensure_future(self._load(topic, key))
+                # a load that failed (not a connection error: those are retried) is tried again next time
+                fut.add_done_callback(lambda f, key=key: f.cancelled() or f.exception() is None
+                                      or self._loading.pop(key, None))
             await asyncio.shield(fut)
         if last_event_id is not None:
             t = self.broadcast._topics.get(topic)
@@ -361,12 +413,11 @@ class RedisBackend:
         while True:
             try:
                 # one transaction: the entries-added count belongs to the newest entry read
+                # one transaction: the ordinal read is the newest entry's
                 pipe = self._client.pipeline(transaction=True)
                 pipe.xrevrange(key, count=b.history)
-                pipe.xinfo_stream(key)
-                newest_first, info = await pipe.execute(raise_on_error=False)
-                if isinstance(newest_first, Exception):
-                    raise newest_first
+                pipe.hget(self._seq_key, topic)
+                newest_first, seq = await pipe.execute()
                 break
             except errors as exc:
                 log.warning("Redis unreachable loading topic %r (%s); retrying in %.2f s", topic, exc, backoff)
@@ -376,7 +427,7 @@ class RedisBackend:
         for entry_id, fields in reversed(newest_first):
             self._take(t, entry_id.decode(), fields, deliver=False)
         self._last[key] = newest_first[0][0].decode() if newest_first else "0-0"
-        self._added[key] = 0 if isinstance(info, Exception) else int(info["entries-added"])
+        self._seq[key] = int(seq) if seq is not None else 0
         self._topic_of[key] = topic
         self._loading.pop(key, None)
         await self._wake_reader()
@@ -419,8 +470,6 @@ class RedisBackend:
         b = self.broadcast
         while not self._closed:
             try:
-                if not self.connected:
-                    await self._check_trimmed()
                 resp = await self._reader.xread(dict(self._last), count=READ_COUNT, block=BLOCK_MS)
             except errors as exc:
                 if self.connected:
@@ -449,38 +498,28 @@ class RedisBackend:
                 if topic is not None:
                     t = b._topic(topic)
                     for entry_id, fields in entries:
+                        self._check_seq(key, t, fields)
                         self._take(t, entry_id.decode(), fields, deliver=True)
-                    self._added[key] += len(entries)
                 self._last[key] = entries[-1][0].decode()
             if resp and _metrics.ACTIVE is not None:
                 _metrics.ACTIVE.redis_lag_seconds.set(self.lag_seconds)
             if self._waiters:
                 self._wake_waiters()
 
-    async def _check_trimmed(self) -> None:
-        """After an outage: entries trimmed before this process read them are a gap for its subscribers."""
-        import redis.exceptions as rx
-
-        for key, last in list(self._last.items()):
-            topic = self._topic_of.get(key)
-            if topic is None:
-                continue
-            known = self._added[key]
-            try:
-                info = await self._client.xinfo_stream(key)
-            except rx.ResponseError:  # no such stream any more (Redis lost its data): lost if it had entries
-                if known:
-                    self._added[key] = 0
-                    self.broadcast._signal_gap(self.broadcast._topic(topic))
-                continue
-            added, length = int(info["entries-added"]), int(info["length"])
-            first = info.get("first-entry")
-            if first is None or _parse_id(first[0]) <= _parse_id(last):
-                continue  # our last entry is still there: trimming (oldest first) took nothing after it
-            # every entry still in the stream is newer than our last: were there more?
-            if added < known or added - known > length:  # recreated, or trimmed before we read them
-                self.broadcast._signal_gap(self.broadcast._topic(topic))
-            self._added[key] = added - length
+    def _check_seq(self, key: str, t: Any, fields: dict[bytes, bytes]) -> None:
+        """A gap event to the topic's subscribers when entries before this one were trimmed unread."""
+        raw = fields.get(b"n")
+        if raw is None:  # not written through PUBLISH_SCRIPT: nothing to check against
+            return
+        n = int(raw)
+        last = self._seq.get(key, 0)
+        self._seq[key] = n
+        if n != last + 1 and last:
+            # a jump forward: trimmed before this process read them; backward: Redis lost
+            # its data and the counter started again, so what came in between is unknown
+            log.warning("topic %r: entries %d..%d were trimmed before this process read them "
+                        "(or Redis lost its data): gap signalled", t.name, last + 1, n - 1)
+            self.broadcast._signal_gap(t)
 
     def _take(self, t: Any, entry_id: str, fields: dict[bytes, bytes], *, deliver: bool) -> None:
         from .._core import _Entry
@@ -616,7 +655,8 @@ class RedisPublisher:
         fields = event_fields(event)
         fields["t"] = repr(time.time())
         try:
-            entry_id = self._redis.xadd(key, fields, maxlen=self.history, approximate=True)
+            entry_id = self._redis.eval(PUBLISH_SCRIPT, 2, key, seq_key(self.key_prefix),
+                                        *_script_args(topic, self.history, fields))
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
             raise PublishError(f"publish to topic {topic!r} failed: {type(exc).__name__}: {exc} "
                                f"({self.url})") from exc
