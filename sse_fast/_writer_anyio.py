@@ -18,6 +18,7 @@ import anyio
 
 from . import _encoder
 from ._writer import (
+    SHUTDOWN_FLUSH_SECONDS,
     STOP_DISCONNECT,
     STOP_ERROR,
     STOP_SHUTDOWN,
@@ -82,6 +83,8 @@ class GenericStream:
         self._room = anyio.Event()
         self._writer_done = anyio.Event()
         self._scope: anyio.CancelScope | None = None
+        # the shielded scope of a final send in progress: a shutdown gives it SHUTDOWN_FLUSH_SECONDS
+        self._final: anyio.CancelScope | None = None
         self._tg: Any = None
         self.shutdown_event = shutdown_event
         self.grace = shutdown_grace_period
@@ -111,6 +114,14 @@ class GenericStream:
             self.first_stop = reason
         if self._scope is not None:
             self._scope.cancel()
+        if reason == STOP_SHUTDOWN and self._final is not None:
+            self._bound_final(self._final)
+
+    def _bound_final(self, scope: anyio.CancelScope) -> None:
+        # a client that does not take the last bytes must not keep the server from exiting
+        # (as the asyncio writer's SHUTDOWN_FLUSH_SECONDS; send_timeout bounds it too when shorter)
+        limit = SHUTDOWN_FLUSH_SECONDS if self.send_timeout is None else min(self.send_timeout, SHUTDOWN_FLUSH_SECONDS)
+        scope.deadline = min(scope.deadline, anyio.current_time() + limit)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -158,9 +169,16 @@ class GenericStream:
                     # shielded (send_timeout still bounds it): hypercorn's trio worker
                     # reports http.disconnect while this very send is in progress, and
                     # cutting it short would leave the connection to its graceful timeout
-                    with anyio.CancelScope(shield=True):
+                    with anyio.CancelScope(shield=True) as final:
+                        self._final = final
+                        if self.stop_reason == STOP_SHUTDOWN:
+                            self._bound_final(final)
                         await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
-                    self.finished = True
+                    self._final = None
+                    if final.cancelled_caught:
+                        self.stop(STOP_DISCONNECT)  # cut by shutdown: the client did not take the end
+                    else:
+                        self.finished = True
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # anyio wraps task failures; the caller gets the exception itself
@@ -169,7 +187,8 @@ class GenericStream:
             raise
         if self.stop_reason == STOP_SHUTDOWN and self.started and self.error is None and failure is None:
             # the producer was cancelled by shutdown: send what it made, then end the body
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True) as final:
+                self._bound_final(final)
                 buf = self.buffer
                 if len(buf):
                     events, pings = buf.count, buf.pings
@@ -179,6 +198,8 @@ class GenericStream:
                         self.stats.sent(len(body), events, pings)
                 await self._send_checked({"type": "http.response.body", "body": b"", "more_body": False})
                 self.finished = True
+            if final.cancelled_caught:
+                self.stop(STOP_DISCONNECT)  # cut: the client did not take what was left
         if self.error is not None:
             raise self.error
         if failure is not None:

@@ -17,7 +17,8 @@ import anyio
 import httpx
 import pytest
 
-from sse_fast import EventSourceResponse, SendTimeoutError, ServerSentEvent
+from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError, ServerSentEvent
+from sse_fast._writer import SHUTDOWN_FLUSH_SECONDS
 
 from .conftest import Server, twin_params
 from .rawhttp import close_all, open_raw, read_until, status, wait_for
@@ -467,3 +468,46 @@ def test_server_head(trio_server):
     r = httpx.get(f"{trio_server.url}/head", params={"key": "hd"}, timeout=5)
     assert r.content == b"data: a\r\n\r\ndata: b\r\n\r\n"
     assert status(trio_server, "hd")["state"]["started"] == 1
+
+
+class _EndBlocker(Client):
+    """A client that takes every event but never the end of the body (the final empty send blocks)."""
+
+    async def send(self, message):
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            await anyio.sleep_forever()
+        await super().send(message)
+
+
+@pytest.mark.parametrize("stall", ["events", "end"])
+def test_shutdown_cuts_a_client_that_stopped_reading(impl, stall):
+    """Under trio the final sends are shielded (hypercorn's trio worker needs it), so a shutdown must
+    bound them itself: a client that takes neither the flushed events nor the end of the body
+    (``events``), or only the end (``end``, the generator already finished), is cut within
+    SHUTDOWN_FLUSH_SECONDS instead of holding the server forever (it did, with no send_timeout)."""
+
+    async def main():
+        if stall == "events":
+            client, content = Client(block_send=True), numbers(1000, delay=0.01)
+        else:
+            client, content = _EndBlocker(), numbers(3)
+        resp = EventSourceResponse(content)
+
+        async def stop():
+            await anyio.sleep(0.3)
+            AppStatus.should_exit = True
+
+        t0 = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop)
+                with anyio.fail_after(GUARD):
+                    await resp(scope(), client.receive, client.send)
+        finally:
+            AppStatus.should_exit = False
+        return time.monotonic() - t0, client
+
+    took, client = run_trio(main)
+    assert 0.3 + SHUTDOWN_FLUSH_SECONDS - 0.1 < took < 0.3 + SHUTDOWN_FLUSH_SECONDS + 1.0, took
+    if stall == "end":
+        assert client.body == expected_numbers(3)
