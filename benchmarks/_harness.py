@@ -9,6 +9,7 @@ after a few seconds), so a run leaves no process behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -25,6 +26,54 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SERVER_CORE = 0
 CLIENT_CORE = 1
+
+
+class EventStreamProtocol(asyncio.Protocol):
+    """A raw-socket reader of one event stream: the response head, then whole events.
+
+    Subclasses implement ``events(buf, end, now)``: ``buf[:end]`` holds only
+    complete events (split on their ``\r\n\r\n`` ends; HTTP chunk framing
+    left in place), ``now`` is ``time.time()`` at the read. What follows the
+    last complete event waits for the next read. ``head`` resolves once the
+    head is in (``status`` set); ``closed`` tells whether the peer closed.
+    """
+
+    def __init__(self) -> None:
+        self.head = asyncio.get_running_loop().create_future()
+        self.buf = b""
+        self.status = 0
+        self.transport = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.head.done():
+            self.buf += data
+            if b"\r\n\r\n" not in self.buf:
+                return
+            head, _, data = self.buf.partition(b"\r\n\r\n")
+            self.status = int(head.split(b" ", 2)[1])
+            self.buf = b""
+            self.head.set_result(True)
+        buf = self.buf + data if self.buf else data
+        end = buf.rfind(b"\r\n\r\n")
+        if end < 0:
+            self.buf = buf
+            return
+        self.buf = buf[end + 4:]
+        self.events(buf, end, now)
+
+    def events(self, buf: bytes, end: int, now: float) -> None:
+        """Handle the complete events in ``buf[:end]`` (read at ``now``)."""
+        raise NotImplementedError
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if not self.head.done():
+            self.head.set_exception(ConnectionError("closed before the response head"))
 
 
 def ncpu() -> int:

@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import psutil  # noqa: E402
 from _harness import (  # noqa: E402
     SERVER_CORE,
+    EventStreamProtocol,
     cpu_seconds,
     machine,
     pin_self,
@@ -184,48 +185,20 @@ def own_server(core: int = SERVER_CORE, backlog: int = 8192):
 # ---------------------------------------------------------------- client side
 
 
-class FanoutClient(asyncio.Protocol):
+class FanoutClient(EventStreamProtocol):
     """One stream: records a latency per event while ``recording`` is true."""
 
     recording = False
     latencies: list[float] = []
-    events = 0
+    events_read = 0
 
-    def __init__(self) -> None:
-        self.head = asyncio.get_running_loop().create_future()
-        self.buf = b""
-        self.status = 0
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        if not self.head.done():
-            self.buf += data
-            if b"\r\n\r\n" not in self.buf:
-                return
-            head, _, data = self.buf.partition(b"\r\n\r\n")
-            self.status = int(head.split(b" ", 2)[1])
-            self.buf = b""
-            self.head.set_result(True)
-        buf = self.buf + data if self.buf else data
-        end = buf.rfind(b"\r\n\r\n")
-        if end < 0:
-            self.buf = buf
-            return
-        self.buf = buf[end + 4:]
+    def events(self, buf: bytes, end: int, now: float) -> None:
         if FanoutClient.recording:
             ts = T_RE.findall(buf, 0, end)
-            FanoutClient.events += len(ts)
+            FanoutClient.events_read += len(ts)
             lat = FanoutClient.latencies
             for t in ts:
                 lat.append(now - float(t))
-
-    def connection_lost(self, exc) -> None:
-        if not self.head.done():
-            self.head.set_exception(ConnectionError("closed before the response head"))
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:
@@ -264,7 +237,7 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
         await asyncio.gather(*(one() for _ in range(streams)))
         await asyncio.sleep(2.0)  # settle: every stream has had events
         FanoutClient.latencies = []
-        FanoutClient.events = 0
+        FanoutClient.events_read = 0
         FanoutClient.recording = True
         if on_start is not None:
             on_start(srv.pid)
@@ -286,7 +259,7 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
         "impl": impl,
         "streams": streams,
         "seconds": wall,
-        "events": FanoutClient.events,
+        "events": FanoutClient.events_read,
         "events_expected": expected,
         "server_cpu_percent": 100 * (c1 - c0) / wall,
         "client_cpu_percent": 100 * ((m1.user - m0.user) + (m1.system - m0.system)) / wall,

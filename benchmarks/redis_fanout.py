@@ -100,6 +100,7 @@ sys.path.insert(0, HERE)
 import psutil  # noqa: E402
 from _harness import (  # noqa: E402
     ROOT,
+    EventStreamProtocol,
     cpu_seconds,
     http_get,
     machine,
@@ -308,7 +309,7 @@ class Recorder:
         return out, first
 
 
-class Stream(asyncio.Protocol):
+class Stream(EventStreamProtocol):
     """One SSE stream read from a raw socket: counts events, checks their ``seq``, records times.
 
     Events are split on their ``\\r\\n\\r\\n`` ends; within what one read
@@ -322,37 +323,15 @@ class Stream(asyncio.Protocol):
     def __init__(self, rec: Recorder, server: int = 0) -> None:
         self.rec = rec
         self.server = server  # which server process it reads from
-        self.head = asyncio.get_running_loop().create_future()
-        self.buf = b""
-        self.status = 0
-        self.transport = None
+        super().__init__()
         self.first = None  # the first seq read
         self.last = None  # the last seq read
         self.count = 0
         self.lost = 0
         self.dup = 0
         self.gaps = 0
-        self.closed = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        if not self.head.done():
-            self.buf += data
-            if b"\r\n\r\n" not in self.buf:
-                return
-            head, _, data = self.buf.partition(b"\r\n\r\n")
-            self.status = int(head.split(b" ", 2)[1])
-            self.buf = b""
-            self.head.set_result(True)
-        buf = self.buf + data if self.buf else data
-        end = buf.rfind(b"\r\n\r\n")
-        if end < 0:
-            self.buf = buf
-            return
-        self.buf = buf[end + 4:]
+    def events(self, buf: bytes, end: int, now: float) -> None:
         n = buf.count(SEQ, 0, end)
         if n:
             i = buf.find(SEQ, 0, end) + len(SEQ)
@@ -381,11 +360,6 @@ class Stream(asyncio.Protocol):
                 rec.nows.append(now)
         if buf.find(GAP, 0, end) >= 0:
             self.gaps += buf.count(GAP, 0, end)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if not self.head.done():
-            self.head.set_exception(ConnectionError("closed before the response head"))
 
 
 async def open_streams(port: int, path: str, n: int, rec: Recorder, server: int = 0) -> list[Stream]:
