@@ -36,6 +36,7 @@ from sse_fast.broadcast import Broadcast
 
 from . import broadcast_app
 from .conftest import Server, twin_params
+from .rawhttp import SSEReader, http_json
 
 GUARD = 10.0
 GAP = "sse_fast.gap"
@@ -1090,49 +1091,6 @@ RSS_MARGIN = 8 * 2**20
 ID_RE = re.compile(rb"\nid: (\d+)\r\n")
 
 
-class Reader(asyncio.Protocol):
-    """A raw-socket subscriber: collects the ids of the events it reads (chunk framing skipped)."""
-
-    def __init__(self) -> None:
-        self.head = asyncio.get_running_loop().create_future()
-        self.buf = b""
-        self.ids: list[int] = []
-        self.status = 0
-        self.closed = False
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if not self.head.done():
-            if b"\r\n\r\n" not in buf:
-                self.buf = buf
-                return
-            self.status = int(buf.split(b" ", 2)[1])
-            self.head.set_result(True)
-        end = buf.rfind(b"\r\n\r\n")
-        if end < 0:
-            self.buf = buf
-            return
-        self.ids.extend(map(int, ID_RE.findall(buf, 0, end + 2)))
-        self.buf = buf[end:]  # keeps the CRLF CRLF before the next "id:"
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if not self.head.done():
-            self.head.set_exception(ConnectionError("closed before the response head"))
-
-
-async def http_json(port: int, path: str) -> dict:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    raw = await r.read()
-    w.close()
-    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
-
-
 def request(path: str, last_event_id: str | None = None) -> bytes:
     extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
     return f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n".encode()
@@ -1154,11 +1112,11 @@ async def fanout_with_stalled(srv, twin: str, stalled: list[socket.socket]) -> d
     assert st["impl"] == twin
     proc = psutil.Process(st["pid"])
     sem = asyncio.Semaphore(100)
-    readers: list[Reader] = []
+    readers: list[SSEReader] = []
 
     async def open_reader():
         async with sem:
-            _, proto = await loop.create_connection(Reader, "127.0.0.1", srv.port)
+            _, proto = await loop.create_connection(SSEReader, "127.0.0.1", srv.port)
             proto.transport.write(request("/events"))
             await proto.head
             assert proto.status == 200
@@ -1221,7 +1179,7 @@ async def fanout_with_stalled(srv, twin: str, stalled: list[socket.socket]) -> d
     await wait_for(stalled_cut, "the stalled subscribers to be cut", 5)
     await asyncio.sleep(0.2)
     peak = max(peak, proc.memory_info().rss)
-    res = {"rss0": rss0, "peak": peak, "read_in": read_in, "readers": [r.ids for r in readers],
+    res = {"rss0": rss0, "peak": peak, "read_in": read_in, "readers": [list(map(int, r.ids)) for r in readers],
            "closed": sum(r.closed for r in readers)}
     for r in readers:
         r.transport.close()

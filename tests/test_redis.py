@@ -38,6 +38,7 @@ from sse_fast import JSONServerSentEvent, ServerSentEvent
 from sse_fast.broadcast import Broadcast, PublishError, RedisPublisher
 
 from .conftest import ROOT, Server, free_port, twin_params
+from .rawhttp import SSEReader, http_json
 
 redis = pytest.importorskip("redis")
 
@@ -117,6 +118,26 @@ async def take(sub, n: int, limit: float = 5.0) -> list[bytes]:
     return out
 
 
+async def wait_until(pred, limit: float = 5.0) -> None:
+    """Poll ``pred()`` every 10 ms until it is true; fail after ``limit`` seconds."""
+    with anyio.fail_after(limit):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+async def live_subscriber(b: Broadcast, topic: str = "t") -> tuple[list[bytes], asyncio.Task]:
+    """A task iterating ``b.subscribe(topic)`` into the returned list, once it is live."""
+    got: list[bytes] = []
+
+    async def collect():
+        async for data in b.subscribe(topic):
+            got.append(data)
+
+    task = asyncio.create_task(collect())
+    await wait_until(lambda: b.subscribers(topic))
+    return got, task
+
+
 def sse_id(data: bytes) -> str | None:
     m = re.search(rb"(?:^|\n)id: ([^\r\n]*)\r\n", data)
     return m.group(1).decode() if m else None
@@ -183,9 +204,7 @@ def test_two_processes_see_one_order_and_replay_across_them(impl, redis_srv, pre
         tb = asyncio.create_task(collect(b.subscribe("t"), got_b, 60))
         await asyncio.sleep(0.2)
         ids = await asyncio.gather(*(x.apublish({"data": f"d{i}"}, "t") for i, x in enumerate([a, b] * 15)))
-        with anyio.fail_after(5):
-            while len(got_a) < 30:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: len(got_a) >= 30)
         # the client saw 30 events on a, then reconnects to b while publishing goes on
         tm = asyncio.create_task(collect(b.subscribe("t", last_event_id=sse_id(got_a[29])), got_m, 30))
         more = [asyncio.create_task(x.apublish({"data": f"late{i}"}, "t")) for i, x in enumerate([b, a] * 15)]
@@ -344,52 +363,8 @@ def test_the_redis_backend_under_trio_says_it_needs_asyncio(redis_srv):
 
 # -- real servers ------------------------------------------------------------------------
 
-ID_RE = re.compile(rb"\nid: ([^\r\n]+)\r\n")
-
-
-class Reader(asyncio.Protocol):
-    """A raw-socket subscriber: the ids it read (chunk framing skipped), pings, its worker's pid,
-    everything it received (``raw``)."""
-
-    def __init__(self) -> None:
-        self.head = asyncio.get_running_loop().create_future()
-        self.buf = b""
-        self.ids: list[str] = []
-        self.pings = 0
-        self.pid = None
-        self.status = 0
-        self.closed = asyncio.get_running_loop().create_future()
-        self.transport = None
-        self.raw = b""
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.raw += data
-        buf = self.buf + data
-        if not self.head.done():
-            if b"\r\n\r\n" not in buf:
-                self.buf = buf
-                return
-            head = buf.split(b"\r\n\r\n", 1)[0]
-            self.status = int(head.split(b" ", 2)[1])
-            m = re.search(rb"\r\nx-pid: (\d+)", head)
-            self.pid = int(m.group(1)) if m else None
-            self.head.set_result(True)
-        end = buf.rfind(b"\r\n\r\n")
-        if end < 0:
-            self.buf = buf
-            return
-        self.ids.extend(m.decode() for m in ID_RE.findall(buf, 0, end + 2))
-        self.pings += buf.count(b": ping", 0, end + 2)
-        self.buf = buf[end:]
-
-    def connection_lost(self, exc) -> None:
-        if not self.closed.done():
-            self.closed.set_result(True)
-        if not self.head.done():
-            self.head.set_exception(ConnectionError("closed before the response head"))
+class Reader(SSEReader):
+    keep_raw = True  # the demo test reads the event types too
 
 
 def request(path: str, last_event_id: str | None = None) -> bytes:
@@ -417,14 +392,6 @@ async def open_many(port: int, n: int, topic: str = "t") -> list[Reader]:
             return await connect(port, topic)
 
     return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
-async def http_json(port: int, path: str) -> dict:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    raw = await r.read()
-    w.close()
-    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
 
 
 async def until(pred, what: str, limit: float = 15.0) -> None:
@@ -550,7 +517,7 @@ def test_redis_restart_under_1000_open_streams(redis_srv, prefix, tmp_path):
         took = time.monotonic() - t0
         await asyncio.sleep(1.5)
         pinged = sum(r.pings > p for r, p in zip(readers, pings, strict=True))
-        open_now = sum(not r.closed.done() for r in readers)
+        open_now = sum(not r.closed for r in readers)
         own.start()
         after = await run_publisher(own, prefix, 20, 0.0, "after")
         await until(lambda: read(40), "the events after the restart", 20)
@@ -592,7 +559,7 @@ def test_a_worker_killed_with_sigkill_loses_nothing(twin, redis_srv, prefix):
 
         await until(lambda: read(30), "30 events on a")
         os.kill(a.proc.pid, signal.SIGKILL)
-        await asyncio.gather(*(r.closed for r in readers))
+        await asyncio.gather(*(r.gone for r in readers))
         # each EventSource reconnects, to the other machine, with the last id it saw
         moved = [await connect(b.port, last_event_id=r.ids[-1], reader=r) for r in readers]
         lines = await pub
@@ -719,31 +686,16 @@ def test_entries_trimmed_during_a_partition_are_a_gap_then_the_rest_arrives(impl
         net = Partition(redis_srv.port)
         await net.heal()
         b = Broadcast(url=net.url, key_prefix=prefix, history=5, publish_timeout=0.5)
-        got: list[bytes] = []
-
-        async def collect():
-            async for data in b.subscribe("t"):
-                got.append(data)
-
-        task = asyncio.create_task(collect())
-        with anyio.fail_after(5):
-            while not b.subscribers("t"):
-                await asyncio.sleep(0.01)
+        got, task = await live_subscriber(b)
         pub = RedisPublisher(redis_srv.url, key_prefix=prefix, history=5)
         first = pub.publish({"data": "before"}, "t")
-        with anyio.fail_after(5):
-            while not got:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: got)
         await net.cut()
-        with anyio.fail_after(5):
-            while b.backend.connected:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: not b.backend.connected)
         ids = [pub.publish({"data": f"d{i}"}, "t") for i in range(n)]
         kept = [e[0].decode() for e in redis.Redis.from_url(redis_srv.url).xrange(prefix + "t", min=f"({first}")]
         await net.heal()
-        with anyio.fail_after(10):
-            while len(got) < (2 if n == 300 else 1) + len(kept):
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: len(got) >= (2 if n == 300 else 1) + len(kept), 10)
         await asyncio.sleep(0.1)
         task.cancel()
         await b.aclose()
@@ -774,33 +726,16 @@ def test_redis_metrics_reconnects_lag_and_publishes(impl, redis_srv, prefix):
         net = Partition(redis_srv.port)
         await net.heal()
         b = Broadcast(url=net.url, key_prefix=prefix, publish_timeout=0.5)
-        got: list[bytes] = []
-
-        async def collect():
-            async for data in b.subscribe("t"):
-                got.append(data)
-
-        task = asyncio.create_task(collect())
-        with anyio.fail_after(5):
-            while not b.subscribers("t"):
-                await asyncio.sleep(0.01)
+        got, task = await live_subscriber(b)
         await b.apublish({"data": "one"}, "t")
-        with anyio.fail_after(5):
-            while not got:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: got)
         lag = reg.get_sample_value("sse_fast_redis_lag_seconds")
         await net.cut()
-        with anyio.fail_after(5):
-            while b.backend.connected:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: not b.backend.connected)
         await net.heal()
-        with anyio.fail_after(10):
-            while not b.backend.connected:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: b.backend.connected, 10)
         await b.apublish({"data": "two"}, "t")
-        with anyio.fail_after(5):
-            while len(got) < 2:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: len(got) >= 2)
         task.cancel()
         await b.aclose()
         await net.cut()
@@ -823,26 +758,13 @@ def test_a_connected_reader_that_falls_behind_maxlen_signals_the_gap(impl, redis
 
     async def main():
         b = Broadcast(url=redis_srv.url, key_prefix=prefix, history=100)
-        got: list[bytes] = []
-
-        async def collect():
-            async for data in b.subscribe("t"):
-                got.append(data)
-
-        task = asyncio.create_task(collect())
-        with anyio.fail_after(5):
-            while not b.subscribers("t"):
-                await asyncio.sleep(0.01)
+        got, task = await live_subscriber(b)
         with RedisPublisher(redis_srv.url, key_prefix=prefix, history=100) as pub:
             ids = [pub.publish({"data": "0"}, "t")]
-            with anyio.fail_after(5):
-                while not got:
-                    await asyncio.sleep(0.01)
+            await wait_until(lambda: got)
             # the loop is blocked for the whole burst: the reader cannot keep up
             ids += [pub.publish({"data": str(i)}, "t") for i in range(1, 1001)]
-        with anyio.fail_after(10):
-            while sse_id(got[-1]) != ids[-1] if got else True:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: got and sse_id(got[-1]) == ids[-1], 10)
         task.cancel()
         await b.aclose()
         return ids, got
@@ -865,9 +787,7 @@ def test_a_topic_key_of_another_type_fails_the_subscription_then_recovers(impl, 
             await take(b.subscribe("t"), 1)
         r.delete(prefix + "t")
         t = asyncio.create_task(take(b.subscribe("t"), 1))
-        with anyio.fail_after(5):
-            while not b.subscribers("t"):
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: b.subscribers("t"))
         eid = await b.apublish({"data": "ok"}, "t")
         got = await t
         await b.aclose()
