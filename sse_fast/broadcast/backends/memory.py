@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from ... import metrics as _metrics
+from .._core import _Entry, _item_id  # loaded first: backends are made by Broadcast.__init__
 
 __all__ = ["MemoryBackend"]
 
@@ -26,8 +27,6 @@ class MemoryBackend:
 
     def publish(self, event: Any, topic: str) -> str:
         """Encode, number, remember and deliver ``event``; returns its id (see ``Broadcast.publish``)."""
-        from .._core import _Entry, _item_id
-
         b = self.broadcast
         b._bind()
         t = b._topic(topic)

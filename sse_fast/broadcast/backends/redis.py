@@ -49,6 +49,7 @@ from typing import Any
 from ... import _encoder
 from ... import metrics as _metrics
 from ...event import ServerSentEvent
+from .._core import _Entry  # loaded first (sse_fast.broadcast imports it before this module)
 
 __all__ = ["RedisBackend", "RedisPublisher", "PublishError", "event_fields", "stream_key"]
 
@@ -522,8 +523,6 @@ class RedisBackend:
             self.broadcast._signal_gap(t)
 
     def _take(self, t: Any, entry_id: str, fields: dict[bytes, bytes], *, deliver: bool) -> None:
-        from .._core import _Entry
-
         b = self.broadcast
         try:
             sse_id, item, published = entry_item(entry_id, fields)
