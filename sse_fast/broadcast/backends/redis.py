@@ -61,6 +61,8 @@ BLOCK_MS = 5000
 READ_COUNT = 1000
 #: reconnect backoff: first wait and cap (seconds)
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+#: seconds between two log lines about gaps in one topic (every gap is still signalled and counted)
+GAP_LOG_SECONDS = 10.0
 
 
 class PublishError(RuntimeError):
@@ -251,6 +253,7 @@ class RedisBackend:
         # stream key -> ordinal (field n) of the last entry delivered here: a jump is a gap
         self._seq: dict[str, int] = {}
         self._seq_key = seq_key(key_prefix)
+        self._gap_logged: dict[str, float] = {}  # stream key -> when its last gap was logged
         # this process's wake-up stream: the reader's XREAD includes it, so adding a topic
         # (or closing) wakes the blocked XREAD by an XADD here instead of cancelling a command
         self._wake_key = f"{key_prefix}__reader__:{uuid.uuid4().hex}"
@@ -518,9 +521,15 @@ class RedisBackend:
         if n != last + 1 and last:
             # a jump forward: trimmed before this process read them; backward: Redis lost
             # its data and the counter started again, so what came in between is unknown
-            log.warning("topic %r: entries %d..%d were trimmed before this process read them "
-                        "(or Redis lost its data): gap signalled", t.name, last + 1, n - 1)
             self.broadcast._signal_gap(t)
+            now = time.monotonic()
+            if now - self._gap_logged.get(key, -GAP_LOG_SECONDS) >= GAP_LOG_SECONDS:
+                # an overloaded reader meets a hole per read: one line per topic per period
+                self._gap_logged[key] = now
+                log.warning("topic %r: entries %d..%d were trimmed before this process read them "
+                            "(or Redis lost its data): gap signalled (raise history, or publish less; "
+                            "further gaps of this topic are not logged for %g s)",
+                            t.name, last + 1, n - 1, GAP_LOG_SECONDS)
 
     def _take(self, t: Any, entry_id: str, fields: dict[bytes, bytes], *, deliver: bool) -> None:
         b = self.broadcast
