@@ -165,7 +165,7 @@ def test_bytes_on_the_wire_equal_the_memory_backends(impl, redis_srv, prefix):
         sm, sr = mem.subscribe("x"), red.subscribe("x")
         tm = asyncio.create_task(take(sm, len(EVENTS) + 1))
         tr = asyncio.create_task(take(sr, len(EVENTS) + 1))
-        await asyncio.sleep(0.2)  # both live
+        await wait_until(lambda: mem.subscribers("x") and red.subscribers("x"))  # both live
         for ev in EVENTS:
             mem.publish(ev, "x")
             await red.apublish(ev, "x")
@@ -202,7 +202,7 @@ def test_two_processes_see_one_order_and_replay_across_them(impl, redis_srv, pre
         got_m: list[bytes] = []
         ta = asyncio.create_task(collect(a.subscribe("t"), got_a, 60))
         tb = asyncio.create_task(collect(b.subscribe("t"), got_b, 60))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: a.subscribers("t") and b.subscribers("t"))
         ids = await asyncio.gather(*(x.apublish({"data": f"d{i}"}, "t") for i, x in enumerate([a, b] * 15)))
         await wait_until(lambda: len(got_a) >= 30)
         # the client saw 30 events on a, then reconnects to b while publishing goes on
@@ -227,12 +227,12 @@ def test_a_last_event_id_not_read_here_yet_is_caught_up_not_a_gap(impl, redis_sr
     async def main():
         b = Broadcast(url=redis_srv.url, key_prefix=prefix)
         first = asyncio.create_task(take(b.subscribe("t"), 1))
-        await asyncio.sleep(0.2)  # the topic is live here
+        await wait_until(lambda: b.subscribers("t"))  # the topic is live here
         with RedisPublisher(redis_srv.url, key_prefix=prefix) as pub:
             x = pub.publish({"data": "x"}, "t")  # another process's publish, not read here yet
             sub = b.subscribe("t", last_event_id=x)
             t = asyncio.create_task(take(sub, 1))
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: b.subscribers("t") == 2)
             y = pub.publish({"data": "y"}, "t")
         got = await t
         await first
@@ -423,6 +423,16 @@ async def run_publisher(redis_srv: RedisServer, prefix: str, n: int, interval: f
     return [json.loads(line) for line in out.decode().splitlines()]
 
 
+async def every_stream_live(port: int, n: int, polls: int = 10) -> bool:
+    """Several workers behind one port: ``/stats`` answers from one of them at a time; true once
+    the latest counts of the workers seen add up to ``n`` subscribers."""
+    by_pid: dict[int, int] = {}
+    for _ in range(polls):
+        st = await http_json(port, "/stats")
+        by_pid[st["pid"]] = st["subscribers"]
+    return sum(by_pid.values()) == n
+
+
 async def subscribed(port: int, n: int) -> bool:
     return (await http_json(port, "/stats"))["subscribers"] == n
 
@@ -469,7 +479,7 @@ def test_uvicorn_workers_2_on_one_port(redis_srv, prefix):
         while len({r.pid for r in readers}) < 2 or len(readers) < 40:
             readers += await open_many(srv.port, 10)
             assert len(readers) <= 400, "every connection went to one worker"
-        await asyncio.sleep(0.5)  # every stream live (each worker reports only its own count)
+        await until(lambda: every_stream_live(srv.port, len(readers)), "every stream to be live")
         from_worker = (await http_json(srv.port, "/publish?n=20&prefix=w"))["ids"]
         lines = await run_publisher(redis_srv, prefix, 20, 0.0)
         ids = from_worker + [line["id"] for line in lines]
@@ -600,15 +610,16 @@ def test_the_demo_chat_across_two_workers(redis_srv):
             assert proto.status == 200
             readers.append(proto)
         live_by_pid: dict[int, set[str]] = {}
+        subscribed_by_pid: dict[int, int] = {}
 
         async def every_stream_live():
             for _ in range(10):
                 info = await http_json(srv.port, "/chat/_clients")
                 live_by_pid[info["pid"]] = set(info["live"])
-            return len(set().union(*live_by_pid.values())) == 12
+                subscribed_by_pid[info["pid"]] = info["subscribers"]
+            return len(set().union(*live_by_pid.values())) == 12 and sum(subscribed_by_pid.values()) == 12
 
-        await until(every_stream_live, "every chat stream to be live")
-        await asyncio.sleep(0.3)  # the Redis readers have the topic
+        await until(every_stream_live, "every chat stream to be live (registered with the broadcast)")
         sent = []
         for i in range(6):
             r, w = await asyncio.open_connection("127.0.0.1", srv.port)
@@ -803,3 +814,21 @@ def test_reserved_topic_names_are_refused_with_redis(redis_srv):
         asyncio.run(b.apublish("x", "__seq__"))
     with pytest.raises(ValueError, match="reserved"), RedisPublisher(redis_srv.url) as pub:
         pub.publish("x", "__seq__")
+
+
+def test_resp3_in_the_url_reads_the_same(impl, redis_srv, prefix):
+    """``protocol=3`` (redis-py's RESP3) shapes XREAD replies as a dict: same events, same order."""
+
+    async def main():
+        b = Broadcast(url=redis_srv.url + "?protocol=3", key_prefix=prefix)
+        got, task = await live_subscriber(b)
+        ids = [await b.apublish({"data": f"d{i}"}, "t") for i in range(5)]
+        again = await take(b.subscribe("t", last_event_id=ids[1]), 3)
+        await wait_until(lambda: len(got) >= 5)
+        task.cancel()
+        await b.aclose()
+        return ids, got, again
+
+    ids, got, again = run(main)
+    assert [sse_id(d) for d in got] == ids
+    assert [sse_id(d) for d in again] == ids[2:]

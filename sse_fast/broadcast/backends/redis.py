@@ -494,17 +494,22 @@ class RedisBackend:
                 _metric_inc("redis_reconnects")
                 log.warning("Redis reachable again: resumed after the last delivered entries")
             backoff = BACKOFF_FIRST
-            for raw_key, entries in resp or ():
-                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-                if not entries:
-                    continue
-                topic = self._topic_of.get(key)
-                if topic is not None:
-                    t = b._topic(topic)
-                    for entry_id, fields in entries:
-                        self._check_seq(key, t, fields)
-                        self._take(t, entry_id.decode(), fields, deliver=True)
-                self._last[key] = entries[-1][0].decode()
+            try:
+                for key, entries in _streams_of(resp):
+                    topic = self._topic_of.get(key)
+                    if topic is not None:
+                        t = b._topic(topic)
+                        for entry_id, fields in entries:
+                            self._check_seq(key, t, fields)
+                            eid = entry_id.decode()
+                            self._take(t, eid, fields, deliver=True)
+                            self._last[key] = eid  # per entry: a retry never delivers one twice
+                    self._last[key] = entries[-1][0].decode()
+            except Exception:  # never let the reader die: read again from the last entry delivered
+                log.exception("Redis reader: could not handle a reply; retrying in %.2f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             if resp and _metrics.ACTIVE is not None:
                 _metrics.ACTIVE.redis_lag_seconds.set(self.lag_seconds)
             if self._waiters:
@@ -586,6 +591,23 @@ class RedisBackend:
             pass  # it expires within the hour
         await self._reader.aclose()
         await self._client.aclose()
+
+
+def _streams_of(resp: Any) -> list[tuple[str, list]]:
+    """``[(stream key, non-empty [(entry id, fields), ...]), ...]`` of an XREAD reply.
+
+    RESP2 (redis-py's default) replies ``[[key, entries], ...]``; RESP3
+    (``protocol=3`` in the URL) ``{key: [entries]}``.
+    """
+    out = []
+    if isinstance(resp, dict):
+        pairs = [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in resp.items()]
+    else:
+        pairs = [(k, v) for k, v in resp or ()]
+    for raw_key, entries in pairs:
+        if entries:
+            out.append((raw_key.decode() if isinstance(raw_key, bytes) else raw_key, entries))
+    return out
 
 
 def _retrieve(fut: asyncio.Future) -> None:
