@@ -20,6 +20,11 @@ its place. A client whose ``Last-Event-ID`` is older than the history (or
 unknown) first receives a gap event (``event: <gap_event>``, data: JSON with
 the ``last_event_id`` it sent and the ``oldest`` id still kept), or what
 ``on_gap`` returns instead (a snapshot of the state, say).
+
+Where events come from is the backend's business (``backends``): the memory
+backend hands a publish to ``_dispatch`` at once; the Redis backend publishes
+to a Redis Stream and its one reader per process calls ``_dispatch`` for every
+entry, so the fan-out above is the same on both.
 """
 
 from __future__ import annotations
