@@ -28,6 +28,7 @@ from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError, metrics
 from sse_fast._writer import STOP_DISCONNECT, STOP_ERROR, STOP_SHUTDOWN, end_reason
 from sse_fast.metrics import END_REASONS
 
+from .asgi_client import Client, numbers, scope
 from .conftest import DEMO_COMMAND, ROOT, Server, twin_params
 
 GUARD = 10.0
@@ -71,49 +72,6 @@ def expected(**changes) -> dict[str, float]:
     return out
 
 
-def scope(method="GET"):
-    return {"type": "http", "method": method, "path": "/", "headers": [], "http_version": "1.1"}
-
-
-class Client:
-    """An ASGI client on any async library: records the sends that completed; ``disconnect()`` ends ``receive``.
-
-    ``block_send``: a body send with data never completes (a client that stopped reading).
-    """
-
-    def __init__(self, block_send: bool = False) -> None:
-        self.messages: list[dict] = []
-        self._gone = anyio.Event()
-        self.block_send = block_send
-
-    async def receive(self):
-        await self._gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message):
-        if self.block_send and message["type"] == "http.response.body" and message["body"]:
-            await anyio.sleep_forever()
-        self.messages.append(message)
-
-    def disconnect(self) -> None:
-        self._gone.set()
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [m["body"] for m in self.messages if m["type"] == "http.response.body" and m["body"]]
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.bodies)
-
-    def tally(self) -> tuple[int, int]:
-        """``(events, pings)`` in what arrived: blocks ended by an empty line; pings are ``: ping`` comments."""
-        blocks = self.body.split(b"\r\n\r\n")
-        assert blocks[-1] == b""  # only whole events are ever sent
-        pings = sum(1 for b in blocks[:-1] if b.startswith(b": ping - "))
-        return len(blocks) - 1 - pings, pings
-
-
 async def drive(resp, client: Client, *, sc=None, disconnect_after=None, exit_after=None):
     """Run ``resp`` to its end within GUARD s; the client leaves after ``disconnect_after`` s,
     ``AppStatus.should_exit`` is set after ``exit_after`` s."""
@@ -147,13 +105,6 @@ def run(backend, fn):
         AppStatus.should_exit = False
 
 
-async def numbers(n, delay=0.0):
-    for i in range(n):
-        if delay:
-            await anyio.sleep(delay)
-        yield {"data": i, "id": str(i)}
-
-
 async def forever():
     await anyio.sleep_forever()
     yield {}  # never reached
@@ -183,7 +134,7 @@ def test_disconnect(impl, reg, backend):
     run(backend, lambda: drive(EventSourceResponse(numbers(10_000, delay=0.01)), c, disconnect_after=0.2))
     events, _ = c.tally()
     assert 3 <= events < 10_000
-    assert c.messages[-1]["more_body"] is True  # cut: no end of body
+    assert c.messages[-1][1]["more_body"] is True  # cut: no end of body
     assert counts(reg) == expected(disconnect=1, events=events, bytes=len(c.body), sends=len(c.bodies))
 
 
@@ -207,7 +158,7 @@ def test_shutdown(impl, reg, backend):
     run(backend, lambda: drive(EventSourceResponse(numbers(10_000, delay=0.01)), c, exit_after=0.2))
     events, _ = c.tally()
     assert 3 <= events < 10_000
-    assert c.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert c.messages[-1][1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert counts(reg) == expected(shutdown=1, events=events, bytes=len(c.body), sends=len(c.bodies))
 
 
@@ -291,7 +242,7 @@ def test_route_label_only_where_the_app_gives_one(impl, reg, backend):
 def test_head_is_not_a_stream(impl, reg, backend):
     c = Client()
     run(backend, lambda: drive(EventSourceResponse(numbers(3), metrics_route="h"), c, sc=scope("HEAD")))
-    assert [m["type"] for m in c.messages] == ["http.response.start", "http.response.body"]
+    assert [m["type"] for _, m in c.messages] == ["http.response.start", "http.response.body"]
     assert counts(reg, "h") == dict.fromkeys(counts(reg, "h"))  # never bound: no sample at all
 
 

@@ -18,42 +18,10 @@ from starlette.background import BackgroundTask
 
 from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError, ServerSentEvent
 
+from .asgi_client import Client, expected_numbers, numbers, scope
+
 PING_RE = re.compile(rb"^: ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00:00\r\n\r\n$")
 GUARD = 10.0
-
-
-def scope(method="GET", **extra):
-    return {"type": "http", "method": method, "path": "/", "headers": [], "http_version": "1.1", **extra}
-
-
-class Client:
-    """Records sent messages with their times; ``disconnect()`` ends ``receive``."""
-
-    def __init__(self, block_send: bool = False):
-        self.messages: list[tuple[float, dict]] = []
-        self._gone = asyncio.Event()
-        self.block_send = block_send
-        self.t0 = time.perf_counter()
-
-    async def receive(self):
-        await self._gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message):
-        if self.block_send and message["type"] == "http.response.body" and message["body"]:
-            await asyncio.Event().wait()  # a client that never reads
-        self.messages.append((time.perf_counter() - self.t0, message))
-
-    def disconnect(self):
-        self._gone.set()
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [m["body"] for _, m in self.messages if m["type"] == "http.response.body" and m["body"]]
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.bodies)
 
 
 async def drive(resp, client=None, sc=None, disconnect_after=None):
@@ -63,21 +31,6 @@ async def drive(resp, client=None, sc=None, disconnect_after=None):
     with anyio.fail_after(GUARD):
         await resp(sc or scope(), client.receive, client.send)
     return client
-
-
-async def numbers(n, delay=0.0, record=None):
-    try:
-        for i in range(n):
-            if delay:
-                await asyncio.sleep(delay)
-            yield {"data": i, "id": str(i)}
-    finally:
-        if record is not None:
-            record.append("finally")
-
-
-def expected_numbers(n, sep="\r\n"):
-    return b"".join(f"id: {i}{sep}data: {i}{sep}{sep}".encode() for i in range(n))
 
 
 def test_body_and_end(impl):

@@ -20,6 +20,7 @@ import pytest
 from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError, ServerSentEvent
 from sse_fast._writer import SHUTDOWN_FLUSH_SECONDS
 
+from .asgi_client import Client, expected_numbers, numbers, scope
 from .conftest import Server, twin_params
 from .rawhttp import close_all, open_raw, read_until, status, wait_for
 
@@ -29,43 +30,6 @@ GUARD = 10.0
 
 def run_trio(fn, *args):
     return anyio.run(fn, *args, backend="trio")
-
-
-def scope(method="GET", **extra):
-    return {"type": "http", "method": method, "path": "/", "headers": [], "http_version": "1.1", **extra}
-
-
-class Client:
-    """Records sent messages with their times; ``disconnect()`` ends ``receive``.
-
-    ``block_send``: a body send with data never completes (a client that stopped reading).
-    """
-
-    def __init__(self, block_send: bool = False):
-        self.messages: list[tuple[float, dict]] = []
-        self._gone = anyio.Event()
-        self.block_send = block_send
-        self.t0 = time.perf_counter()
-
-    async def receive(self):
-        await self._gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message):
-        if self.block_send and message["type"] == "http.response.body" and message["body"]:
-            await anyio.sleep_forever()
-        self.messages.append((time.perf_counter() - self.t0, message))
-
-    def disconnect(self):
-        self._gone.set()
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [m["body"] for _, m in self.messages if m["type"] == "http.response.body" and m["body"]]
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.bodies)
 
 
 async def drive(resp, client=None, sc=None, disconnect_after=None):
@@ -83,21 +47,6 @@ async def drive(resp, client=None, sc=None, disconnect_after=None):
                 tg.start_soon(leave)
                 await resp(sc or scope(), client.receive, client.send)
     return client
-
-
-async def numbers(n, delay=0.0, record=None):
-    try:
-        for i in range(n):
-            if delay:
-                await anyio.sleep(delay)
-            yield {"data": i, "id": str(i)}
-    finally:
-        if record is not None:
-            record.append("finally")
-
-
-def expected_numbers(n, sep="\r\n"):
-    return b"".join(f"id: {i}{sep}data: {i}{sep}{sep}".encode() for i in range(n))
 
 
 # -- in process, anyio on trio ---------------------------------------------------------
