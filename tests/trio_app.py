@@ -21,28 +21,9 @@ from starlette.routing import Route
 import sse_fast
 from sse_fast import EventSourceResponse
 
-STATE: dict[str, dict] = {}
-
-
-def _rec(key: str) -> dict:
-    return STATE.setdefault(key, {"events": 0, "finally": False, "closed_by": None, "error": None})
-
-
-class Recording:
-    """Wraps a response to record the exception that leaves it, if any."""
-
-    def __init__(self, response, key: str) -> None:
-        self.response = response
-        self.key = key
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await self.response(scope, receive, send)
-        except BaseException as exc:
-            _rec(self.key)["error"] = type(exc).__name__
-            raise
-        else:
-            _rec(self.key)["returned"] = True
+# the same per-key record of what happened to a stream as the uvicorn test app (importing it
+# runs nothing on asyncio: its endpoints are not routed here)
+from .server_app import STATE, Recording, _rec
 
 
 async def status(request: Request):
