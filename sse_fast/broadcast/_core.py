@@ -334,9 +334,23 @@ class Broadcast:
             m.broadcast_delivery_seconds.observe(max(0.0, since))
 
     def _signal_gap(self, t: _Topic) -> None:
-        """Tell every subscriber of ``t`` that events were lost (the backend could not deliver them)."""
+        """Tell every subscriber of ``t`` that events were lost (the backend could not deliver them).
+
+        The gap event is encoded once per line separator, as a published event is.
+        """
+        by_sep: dict[str, list[bytes]] = {}
+        signalled = 0
         for sub in list(t.subscribers):
-            sub._send_gap()
+            if sub._closed:
+                continue
+            gap = by_sep.get(sub._sep)
+            if gap is None:
+                gap = by_sep[sub._sep] = self._gap_events(t, None, sub._sep)
+            sub._send_gap(gap)
+            signalled += 1
+        m = _metrics.ACTIVE
+        if m is not None and signalled:
+            m.broadcast_gaps.inc(signalled)
 
     def _remember(self, t: _Topic, entry: _Entry) -> None:
         if self.history == 0 or self.history_bytes == 0:
@@ -380,9 +394,14 @@ class Broadcast:
         return out
 
     def _gap(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
+        """``_gap_events``, counted as one gap signalled to a subscriber."""
         m = _metrics.ACTIVE
         if m is not None:
             m.broadcast_gaps.inc()
+        return self._gap_events(t, last_event_id, sep)
+
+    def _gap_events(self, t: _Topic, last_event_id: str | None, sep: str) -> list[bytes]:
+        """The gap event's bytes (or ``on_gap``'s events for a reconnecting ``last_event_id``)."""
         if self.on_gap is not None and last_event_id is not None:
             return [_encoder.encode_item(item, sep) for item in self.on_gap(t.name, last_event_id)]
         oldest = t.history[0].id if t.history else None
@@ -523,12 +542,8 @@ class Subscription:
         if self._ready is not None:
             self._ready.set()
 
-    def _send_gap(self) -> None:
-        """A gap event now (events were lost upstream), in order with what is queued."""
-        if self._closed:
-            return
-        t = self.broadcast._topics.get(self.topic)
-        gap = self.broadcast._gap(t, None, self._sep) if t is not None else []
+    def _send_gap(self, gap: list[bytes]) -> None:
+        """``gap`` (the gap event, encoded with this subscriber's separator) now, in order with what is queued."""
         w = self._writer
         if w is not None:
             if w.stop_reason is None:
