@@ -34,6 +34,7 @@ encode_fields = _impl.encode_fields
 encode_item = _impl.encode_item
 ensure_bytes = _impl.ensure_bytes
 produce = _impl.produce
+LoopTurns = _impl.LoopTurns
 check_sep = _impl.check_sep
 SEPARATORS = _impl.SEPARATORS
 

@@ -23,7 +23,7 @@ cdef extern from "Python.h":
 
 __all__ = [
     "SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class",
-    "ensure_bytes", "StreamBuffer", "produce",
+    "ensure_bytes", "StreamBuffer", "LoopTurns", "produce",
 ]
 
 SEPARATORS = ("\r\n", "\r", "\n")
@@ -491,6 +491,10 @@ cdef class StreamBuffer(EventBuffer):
     cdef public object loop
     cdef public Py_ssize_t sent_events
     cdef public Py_ssize_t sent_pings
+    cdef public object clock
+    cdef public Py_ssize_t stamp
+    cdef public bint slow
+    cdef public object sender
 
     def __init__(self, sep="\r\n", high=65536, loop=None):
         self.sep = check_sep(sep)
@@ -502,6 +506,10 @@ cdef class StreamBuffer(EventBuffer):
         self.loop = loop
         self.sent_events = 0
         self.sent_pings = 0
+        self.clock = None
+        self.stamp = -1
+        self.slow = False
+        self.sender = None
 
     cpdef notify(self):
         """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
@@ -524,6 +532,33 @@ cdef class StreamBuffer(EventBuffer):
                 fut.set_result(None)
 
 
+cdef class LoopTurns:
+    """Counts the turns of one event loop, for whoever needs to know that its task suspended.
+
+    See ``_encoder_py.LoopTurns``.
+    """
+    cdef public Py_ssize_t turn
+    cdef public bint pending
+    cdef object _tick
+
+    def __init__(self):
+        self.turn = 0
+        self.pending = False
+        self._tick = self.tick
+
+    def tick(self):
+        """The loop callback: one more turn has run."""
+        self.turn += 1
+        self.pending = False
+
+    cpdef Py_ssize_t stamp(self, loop):
+        """The current turn; a later value means the loop has run callbacks since (the caller suspended)."""
+        if not self.pending:
+            self.pending = True
+            loop.call_soon(self._tick)
+        return self.turn
+
+
 async def produce(iterator, StreamBuffer sb):
     """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task (see ``_encoder_py.produce``)."""
     try:
@@ -536,9 +571,18 @@ async def produce(iterator, StreamBuffer sb):
 
 async def produce_loop(iterator, StreamBuffer sb):
     cdef object fut
+    cdef bint idle
     async for item in iterator:
+        # see _encoder_py.produce: an awaiting producer's event goes out in this task
+        idle = (sb.buf.size == 0 and not sb.slow and sb.inflight == 0 and sb.wake is not None
+                and sb.sender is not None and (<LoopTurns?>sb.clock).turn != sb.stamp)
         write_item(&sb.buf, item, sb.sep)
         sb.count += 1
+        if sb.clock is not None:
+            sb.stamp = (<LoopTurns?>sb.clock).stamp(sb.loop)
+        if idle:
+            await sb.sender()
+            continue
         fut = sb.wake
         if fut is not None:
             sb.wake = None

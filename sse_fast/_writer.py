@@ -32,6 +32,7 @@ import asyncio
 import contextvars
 import sys
 import types
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +132,17 @@ def end_reason(first_stop: str | None, exc: BaseException | None) -> str:
     return "complete"
 
 
+_loop_turns: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def loop_turns(loop: asyncio.AbstractEventLoop) -> Any:
+    """The ``_encoder.LoopTurns`` of ``loop`` (one per loop, shared by its streams)."""
+    turns = _loop_turns.get(loop)
+    if turns is None or type(turns) is not _encoder.LoopTurns:  # (the tests swap encoder twins)
+        turns = _loop_turns[loop] = _encoder.LoopTurns()
+    return turns
+
+
 class StreamWriter:
     """Writes one event stream's body on asyncio: batching, pings, deadlines, stop requests.
 
@@ -181,6 +193,7 @@ class StreamWriter:
         "_send_started",
         "_flush_deadline",
         "_handoff",
+        "_own_send",
         "context",
     )
 
@@ -233,6 +246,9 @@ class StreamWriter:
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
         self._handoff: tuple[Any, Any] | None = None  # a send started inline, for the writer task to finish
+        self._own_send = False  # the producer's task is in a send of its own (``_send_own``)
+        self.buffer.sender = self._send_own
+        self.buffer.clock = loop_turns(loop)
         #: the context the writer task runs in (a copy of the response's), also for inline sends
         self.context: contextvars.Context | None = None
 
@@ -257,7 +273,8 @@ class StreamWriter:
             if self.send_timeout is not None:
                 bound = min(bound, self.send_timeout)
             self._flush_deadline = self.loop.call_later(bound, self.stop, STOP_DISCONNECT)
-        if phase == _PRODUCING:
+        if phase == _PRODUCING and not (self._own_send and reason == STOP_SHUTDOWN):
+            # (a shutdown lets the producer's own send complete: ``_send_own`` stops it then)
             self._interrupt_producer()
         if reason == STOP_DISCONNECT:
             self._cancel_writer()
@@ -434,9 +451,10 @@ class StreamWriter:
                     if stats is not None and self._stats_timer is None:
                         self._arm_stats()
                     continue
-                if not len(sb):
-                    if sb.closing:
+                if not len(sb) or self._own_send:
+                    if sb.closing and not len(sb):
                         return
+                    # (while the producer's own send is in flight, a ping waits for it to end)
                     fut = sb.wake = loop.create_future()
                     try:
                         await fut
@@ -460,6 +478,8 @@ class StreamWriter:
                 if self.ping_when_idle:
                     self._last_send = loop.time()
                 sb.room_made()  # also counts the batch's events and pings
+                if not len(sb):
+                    sb.slow = False  # caught up: the producer may send its own events again
                 if stats is not None and self._stats_timer is None:
                     # the metrics get this send's counts at most STATS_FLUSH_SECONDS later
                     self._arm_stats()
@@ -478,6 +498,58 @@ class StreamWriter:
                 self._handoff = None
 
     # -- the producer, in the response's task ----------------------------------
+
+    async def _send_own(self) -> None:
+        """Send the buffer (the one event just produced) in the producer's task (``StreamBuffer.sender``).
+
+        Called by ``_encoder.produce`` when the writer is idle and the producer
+        awaited since its previous event: the event leaves at once, in the
+        task that made it, with no future and no task woken (issue 16). A send
+        that suspends holds the producer as a plain ``await send()`` does
+        (``max_buffer_bytes`` is not needed: one event is in flight) and sets
+        ``sb.slow`` so that what follows is batched by the writer task. The
+        send deadline, the counts and the stop requests are the writer task's.
+        """
+        sb = self.buffer
+        loop = self.loop
+        body = sb.take()
+        size = len(body)
+        sb.inflight = size
+        self._own_send = True
+        stamp = sb.stamp  # produce stamped the clock for this item: a later turn means the send suspended
+        timeout = self.send_timeout
+        if timeout is not None:
+            self._send_started = loop.time()
+            if self._deadline is None:
+                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
+        try:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:
+            # ASGI 2.4: send() raises OSError once the client is gone
+            self.stop(STOP_DISCONNECT)
+            return
+        except Exception as exc:
+            self.fail(exc)
+            return
+        finally:
+            self._send_started = None
+            self._own_send = False
+        if self.error is not None or self.stop_reason == STOP_DISCONNECT:
+            return  # a send that could not be cancelled returned after its deadline or the disconnect
+        sb.inflight = 0
+        self.sent_bytes += size
+        self.sends += 1
+        if sb.clock.turn != stamp:
+            sb.slow = True  # the send suspended: the client is slower than this producer
+        if self.ping_when_idle:
+            self._last_send = loop.time()
+        sb.room_made()
+        if self.stats is not None and self._stats_timer is None:
+            self._arm_stats()
+        if len(sb):
+            sb.notify()  # pings that came meanwhile
+        if self.stop_reason is not None:
+            self._interrupt_producer()  # a shutdown that waited for this send
 
     async def run(self, start: dict[str, Any], iterator: Any) -> None:
         """Send ``start``, stream ``iterator``, end the body; return when done or stopped.

@@ -78,7 +78,7 @@ def load_twin(name: str):
     return importlib.import_module("sse_fast._encoder_c")  # ImportError fails the test
 
 
-_NAMES = ("EventBuffer", "StreamBuffer", "encode_fields", "encode_item", "ensure_bytes", "check_sep", "produce")
+_NAMES = ("EventBuffer", "StreamBuffer", "encode_fields", "encode_item", "ensure_bytes", "check_sep", "produce", "LoopTurns")
 
 
 @pytest.fixture(params=twin_params())

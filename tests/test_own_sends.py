@@ -1,0 +1,283 @@
+"""Issue 16: an awaiting producer's event leaves in the producer's own task.
+
+When the stream's writer is idle (nothing buffered, no send in flight) and the
+producer awaited since its previous event, the event is sent by the task that
+produced it, the response's task: no future, no writer task woken. Events
+that are ready together, and events produced while the client is slower than
+the producer, are still batched by the writer task. Every test runs on both
+encoder twins (``impl``) and checks the bytes on the wire, which task sent
+each body, and that sends never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError
+
+from .asgi_client import expected_numbers, numbers, scope
+
+GUARD = 10.0
+
+
+class Recorder:
+    """An ASGI ``send``/``receive`` pair that records, per body send, the task that made it.
+
+    ``delay``: seconds each body send with data suspends (a client slower than
+    the producer); ``block``: body sends with data never complete.
+    """
+
+    def __init__(self, delay: float = 0.0, block: bool = False, delay_first: int | None = None):
+        self.bodies: list[tuple[asyncio.Task | None, bytes]] = []
+        self.messages: list[dict] = []
+        self.delay = delay
+        self.block = block
+        self.delay_first = delay_first  # only the first N data sends are slow
+        self.active = 0
+        self.max_active = 0
+        self.gone = asyncio.Event()
+
+    async def receive(self):
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            data = message["type"] == "http.response.body" and message["body"]
+            if data and self.block:
+                await asyncio.sleep(3600)
+            if data and self.delay and (self.delay_first is None or len(self.bodies) < self.delay_first):
+                await asyncio.sleep(self.delay)
+            self.messages.append(message)
+            if data:
+                self.bodies.append((asyncio.current_task(), message["body"]))
+        finally:
+            self.active -= 1
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(b for _, b in self.bodies)
+
+
+async def run(resp, rec: Recorder) -> asyncio.Task:
+    """Run ``resp`` in a task of its own (the response's task) and return that task."""
+    task = asyncio.get_running_loop().create_task(resp(scope(), rec.receive, rec.send))
+    with anyio.fail_after(GUARD):
+        await asyncio.wait((task,))
+    return task
+
+
+def _in(rec: Recorder, task) -> int:
+    return sum(1 for t, _ in rec.bodies if t is task)
+
+
+async def _resolved_later():
+    fut = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.001, fut.set_result, None)
+    await fut
+
+
+PAUSES = {
+    "sleep_1ms": lambda: asyncio.sleep(0.001),
+    "sleep_0": lambda: asyncio.sleep(0),
+    "anyio_checkpoint": anyio.lowlevel.checkpoint,
+    "future_resolved_later": _resolved_later,
+}
+
+
+@pytest.mark.parametrize("pause", list(PAUSES))
+def test_awaiting_producer_sends_each_event_in_the_response_task(impl, pause):
+    n = 200
+
+    async def gen():
+        for i in range(n):
+            await PAUSES[pause]()
+            yield {"data": i, "id": str(i)}
+
+    async def main():
+        rec = Recorder()
+        task = await run(EventSourceResponse(gen()), rec)
+        task.result()
+        return rec, task
+
+    rec, task = asyncio.run(main())
+    assert rec.body == expected_numbers(n)
+    assert len(rec.bodies) == n  # one event per send, as it was produced
+    assert _in(rec, task) == n  # every one from the producer's task: the writer task never sent
+    assert rec.max_active == 1
+
+
+def test_events_ready_together_still_leave_in_one_send(impl):
+    bursts, size = 20, 50
+
+    async def gen():
+        for b in range(bursts):
+            await asyncio.sleep(0.001)
+            for i in range(size):
+                yield {"data": b * size + i, "id": str(b * size + i)}
+
+    async def main():
+        rec = Recorder()
+        task = await run(EventSourceResponse(gen()), rec)
+        task.result()
+        return rec, task
+
+    rec, task = asyncio.run(main())
+    assert rec.body == expected_numbers(bursts * size)
+    # per burst: its first event from the producer's task, the other 49 as one batch of the writer's
+    assert len(rec.bodies) == 2 * bursts
+    assert _in(rec, task) == bursts
+    assert rec.max_active == 1
+
+
+def test_never_awaiting_producer_is_batched(impl):
+    n = 20_000
+
+    async def main():
+        rec = Recorder()
+        task = await run(EventSourceResponse(numbers(n)), rec)
+        task.result()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.body == expected_numbers(n)
+    assert len(rec.bodies) <= len(expected_numbers(n)) // 65536 * 2 + 4  # batches near max_buffer_bytes
+
+
+def test_client_slower_than_producer_gets_batches(impl):
+    n = 300
+
+    async def main():
+        rec = Recorder(delay=0.02)
+        task = await run(EventSourceResponse(numbers(n, delay=0.001)), rec)
+        task.result()
+        return rec, task
+
+    rec, task = asyncio.run(main())
+    assert rec.body == expected_numbers(n)
+    # 300 events at ~1 ms against 20 ms sends: the writer task batches what piles up
+    assert len(rec.bodies) < n // 4
+    assert _in(rec, task) >= 1
+    assert rec.max_active == 1
+
+
+def test_own_sends_resume_after_the_writer_caught_up(impl):
+    n = 100
+
+    async def main():
+        rec = Recorder(delay=0.05, delay_first=1)
+        task = await run(EventSourceResponse(numbers(n, delay=0.002)), rec)
+        task.result()
+        return rec, task
+
+    rec, task = asyncio.run(main())
+    assert rec.body == expected_numbers(n)
+    # the first send suspended (it held the producer, as ``await send()`` does): the next event
+    # goes to the writer task; once that one has sent everything, the producer sends its own again
+    assert [t is task for t, _ in rec.bodies] == [True, False] + [True] * (n - 2)
+
+
+def test_ping_waits_for_the_producers_own_send(impl):
+    async def gen():
+        await asyncio.sleep(0.01)
+        yield {"data": 0, "id": "0"}
+        await asyncio.sleep(0.3)
+        yield {"data": 1, "id": "1"}
+
+    async def main():
+        rec = Recorder(delay=0.25, delay_first=1)
+        task = await run(EventSourceResponse(gen(), ping=0.05), rec)
+        task.result()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.max_active == 1  # the pings never overlapped the slow send
+    bodies = [b for _, b in rec.bodies]
+    assert bodies[0] == expected_numbers(1)
+    assert any(b.startswith(b": ping") for b in bodies[1:])
+    assert rec.body.endswith(b"id: 1\r\ndata: 1\r\n\r\n")
+
+
+def test_send_timeout_ends_a_stalled_own_send(impl):
+    record = []
+
+    async def main():
+        rec = Recorder(block=True)
+        resp = EventSourceResponse(numbers(10, delay=0.01, record=record), send_timeout=0.2)
+        t0 = asyncio.get_running_loop().time()
+        task = await run(resp, rec)
+        return task, asyncio.get_running_loop().time() - t0
+
+    task, took = asyncio.run(main())
+    assert isinstance(task.exception(), SendTimeoutError)
+    assert record == ["finally"]
+    assert 0.2 <= took < 1.5
+
+
+def test_disconnect_during_own_send_ends_the_stream(impl):
+    record = []
+
+    async def main():
+        rec = Recorder(block=True)
+        asyncio.get_running_loop().call_later(0.1, rec.gone.set)
+        task = await run(EventSourceResponse(numbers(10, delay=0.01, record=record)), rec)
+        return task, rec
+
+    task, rec = asyncio.run(main())
+    assert task.exception() is None
+    assert record == ["finally"]
+    assert rec.bodies == []
+
+
+def test_shutdown_lets_the_own_send_complete(impl):
+    record = []
+
+    async def main():
+        rec = Recorder(delay=0.3, delay_first=1)
+        loop = asyncio.get_running_loop()
+        # the first event's send is in flight (it takes 0.3 s) when the server shuts down
+        loop.call_later(0.1, setattr, AppStatus, "should_exit", True)
+        task = await run(EventSourceResponse(numbers(1000, delay=0.02, record=record)), rec)
+        return task, rec
+
+    try:
+        task, rec = asyncio.run(main())
+    finally:
+        AppStatus.should_exit = False
+    assert task.exception() is None
+    assert record == ["finally"]
+    assert rec.bodies[0][1] == expected_numbers(1)  # completed, not cut
+    assert rec.body == expected_numbers(len(rec.body.split(b"\r\n\r\n")) - 1)
+    assert rec.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_cancel_scope_in_a_send_wrapper_enters_and_exits_in_one_task(impl):
+    """A middleware that wraps ``send`` in an anyio cancel scope (or ``asyncio.timeout``) needs one task per send."""
+    n = 50
+
+    async def gen():
+        for i in range(n):
+            await asyncio.sleep(0.001)
+            yield {"data": i, "id": str(i)}
+
+    async def main():
+        rec = Recorder(delay=0.005)
+
+        async def send(message):
+            with anyio.CancelScope():
+                async with asyncio.timeout(5):
+                    await rec.send(message)
+
+        task = asyncio.get_running_loop().create_task(EventSourceResponse(gen())(scope(), rec.receive, send))
+        with anyio.fail_after(GUARD):
+            await asyncio.wait((task,))
+        task.result()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.body == expected_numbers(n)
