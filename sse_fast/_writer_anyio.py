@@ -11,10 +11,12 @@ not tuned for speed.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import sniffio
 
 from . import _encoder
 from ._writer import (
@@ -24,6 +26,7 @@ from ._writer import (
     STOP_SHUTDOWN,
     default_ping,
     send_within,
+    timeout_error,
 )
 
 __all__ = ["GenericStream"]
@@ -82,6 +85,9 @@ class GenericStream:
         self._data_ready = anyio.Event()
         self._room = anyio.Event()
         self._writer_done = anyio.Event()
+        self._writer_scope = anyio.CancelScope()
+        #: ``anyio.current_time()`` by which the body send in progress must complete, else ``None``
+        self._send_deadline: float | None = None
         self._scope: anyio.CancelScope | None = None
         # the shielded scope of a final send in progress: a shutdown gives it SHUTDOWN_FLUSH_SECONDS
         self._final: anyio.CancelScope | None = None
@@ -114,6 +120,7 @@ class GenericStream:
             self.first_stop = reason
         if self._scope is not None:
             self._scope.cancel()
+        self._writer_scope.cancel()
         if reason == STOP_SHUTDOWN and self._final is not None:
             self._bound_final(self._final)
 
@@ -155,7 +162,9 @@ class GenericStream:
                     tg.start_soon(self._stop_after_grace)
                 if self.stop_reason is not None:
                     tg.cancel_scope.cancel()  # stopped before the start went out
-                tg.start_soon(self._write_loop)
+                self._start_writer(tg)
+                if self.send_timeout is not None:
+                    tg.start_soon(self._watch_sends)
                 if self.ping > 0:
                     tg.start_soon(self._ping_loop)
                 try:
@@ -189,6 +198,8 @@ class GenericStream:
             # the producer was cancelled by shutdown: send what it made, then end the body
             with anyio.CancelScope(shield=True) as final:
                 self._bound_final(final)
+                # the writer runs outside the task group (``_start_writer``): its send must end first
+                await self._writer_done.wait()
                 buf = self.buffer
                 if len(buf):
                     events, pings = buf.count, buf.pings
@@ -214,6 +225,44 @@ class GenericStream:
                 self._room = anyio.Event()
                 await self._room.wait()
 
+    def _start_writer(self, tg: Any) -> None:
+        # Under trio the writer is a system task, not a child of the response's task group:
+        # hypercorn's trio worker shields its socket writes, so a send to a client that stopped
+        # reading cannot be cancelled, and a child stuck in it would keep the response (and the
+        # generator's finally) waiting forever. Outside the group, the response can end with
+        # SendTimeoutError (``_watch_sends``); the server then closes the connection, which ends
+        # the stuck send, and the writer task with it.
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(self._writer_task, context=contextvars.copy_context())
+        else:
+            tg.start_soon(self._writer_task)
+
+    async def _writer_task(self) -> None:
+        try:
+            with self._writer_scope:
+                await self._write_loop()
+        except BaseException as exc:  # noqa: BLE001 - a system task must not raise (it would crash the run)
+            if self.error is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                self._fail(exc)
+        finally:
+            self._writer_done.set()
+
+    async def _watch_sends(self) -> None:
+        """End the stream when a body send outlives ``send_timeout``, even one that cannot be cancelled."""
+        timeout = self.send_timeout
+        assert timeout is not None
+        while True:
+            deadline = self._send_deadline
+            if deadline is None:
+                await anyio.sleep(timeout)
+                continue
+            await anyio.sleep_until(deadline)
+            if self._send_deadline == deadline and not self._writer_done.is_set():
+                self._fail(timeout_error(timeout))
+                return
+
     async def _write_loop(self) -> None:
         buf = self.buffer
         stats = self.stats
@@ -228,6 +277,8 @@ class GenericStream:
                 events, pings = buf.count, buf.pings
                 body = buf.take()
                 self.inflight = len(body)
+                if self.send_timeout is not None:
+                    self._send_deadline = anyio.current_time() + self.send_timeout
                 try:
                     await self._send_checked({"type": "http.response.body", "body": body, "more_body": True})
                 except OSError as exc:
@@ -235,14 +286,14 @@ class GenericStream:
                         raise
                     self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
                     return
+                finally:
+                    self._send_deadline = None
                 if stats is not None:
                     stats.sent(len(body), events, pings)
                 self.inflight = 0
                 self._room.set()
         except Exception as exc:
             self._fail(exc)
-        finally:
-            self._writer_done.set()
 
     async def _send_checked(self, message: dict[str, Any]) -> None:
         await send_within(self.send, message, self.send_timeout)

@@ -380,14 +380,14 @@ def test_server_send_timeout_with_a_client_that_stops_reading(trio_server):
     """A client stops reading (tiny receive buffer, 4 KiB events), then reads again.
 
     Hypercorn's trio worker shields its ``send_all``: a blocked send cannot be
-    cancelled, so ``send_timeout`` (0.5 s) shows when that send completes, late:
-    the response must then end with SendTimeoutError (sse-starlette does), the
-    iterator closed, the body not ended, far from the 20 MB offered.
+    cancelled. ``send_timeout`` (0.5 s) still ends the response at the deadline
+    (issue 16; before, only once that send completed, late): SendTimeoutError,
+    the iterator closed, the body not ended, far from the 20 MB offered.
     """
     s = open_raw(trio_server, "/flood?key=stall&mb=20&send_timeout=0.5", rcvbuf=4096)
     time.sleep(1.5)  # not reading: the pending send is past its deadline
     stalled = status(trio_server, "stall")["state"]
-    assert stalled["events"] * 4096 < 4 * 2**20 and stalled["error"] is None, stalled
+    assert stalled["events"] * 4096 < 4 * 2**20 and stalled["error"] == "SendTimeoutError", stalled
     s.settimeout(5)
     data = bytearray()
     while not data.endswith(b"\r\n0\r\n\r\n"):  # read again: to the close, or the body's end
@@ -403,6 +403,31 @@ def test_server_send_timeout_with_a_client_that_stops_reading(trio_server):
     assert st == "SendTimeoutError", state
     assert state["finally"] is True
     assert state["events"] * 4096 < 10 * 2**20, state  # far from the 20 MB offered
+    assert not bytes(data).endswith(b"\r\n0\r\n\r\n")  # the body was not ended
+    s.close()
+
+
+@pytest.mark.server
+def test_server_send_timeout_with_a_client_that_never_reads_again(trio_server):
+    """Issue 16: the client stops reading for good. The send hypercorn shields never completes,
+    yet ``send_timeout`` (0.5 s) ends the stream: SendTimeoutError, the generator's ``finally``
+    runs, and the server closes the connection (the stuck send ends with it)."""
+    s = open_raw(trio_server, "/flood?key=stuck&mb=20&send_timeout=0.5", rcvbuf=4096)
+    t0 = time.monotonic()
+    st = wait_for(lambda: (status(trio_server, "stuck")["state"] or {}).get("finally"), timeout=8)
+    took = time.monotonic() - t0
+    state = status(trio_server, "stuck")["state"]
+    assert st is True and state["error"] == "SendTimeoutError", state
+    assert took < 5, took
+    assert state["events"] * 4096 < 4 * 2**20, state
+    # the server closed the connection: reading now drains what was buffered, then EOF
+    s.settimeout(5)
+    data = bytearray()
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
     assert not bytes(data).endswith(b"\r\n0\r\n\r\n")  # the body was not ended
     s.close()
 
