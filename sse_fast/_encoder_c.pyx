@@ -67,7 +67,7 @@ cdef enum:
     STACK_BYTES = 1024
     # capacity an emptied buffer may keep: above it, take() frees the memory, so
     # an idle or stalled stream holds no more than what waits or is in flight
-    RETAIN_BYTES = 16384
+    RETAIN_BYTES = 4096
 
 
 cdef struct Buf:

@@ -192,8 +192,9 @@ class StreamWriter:
         "_deadline",
         "_send_started",
         "_flush_deadline",
-        "_handoff",
         "_own_send",
+        "_send_task",
+        "_send_cut",
         "context",
     )
 
@@ -245,8 +246,11 @@ class StreamWriter:
         self._deadline: asyncio.TimerHandle | None = None
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
-        self._handoff: tuple[Any, Any] | None = None  # a send started inline, for the writer task to finish
-        self._own_send = False  # the producer's task is in a send of its own (``_send_own``)
+        # a send of this stream's is claimed or in flight outside the writer task: the producer's
+        # own (``_send_own``) or a broadcast fan-out's (``claim_send``); the writer task waits for it
+        self._own_send = False
+        self._send_task: Any = None  # (fan-out task, its FanOut) in such a send, to cancel on a disconnect
+        self._send_cut = False  # that task was cancelled by this stream's stop (not by anyone else)
         self.buffer.sender = self._send_own
         self.buffer.clock = loop_turns(loop)
         #: the context the writer task runs in (a copy of the response's), also for inline sends
@@ -278,6 +282,7 @@ class StreamWriter:
             self._interrupt_producer()
         if reason == STOP_DISCONNECT:
             self._cancel_writer()
+            self._cut_foreign_send()
             if phase == _STARTING or phase == _FINAL:
                 self._interrupt_producer()  # a pending start or final send: the client is gone
 
@@ -287,6 +292,17 @@ class StreamWriter:
             self.error = exc
         self.stop(STOP_ERROR)
         self._cancel_writer()
+        self._cut_foreign_send()
+
+    def _cut_foreign_send(self) -> None:
+        # a fan-out task in this stream's send: the rest of its round moves to a new task
+        # (``FanOut.release``), then that send is cancelled where it waits
+        sending = self._send_task
+        if sending is not None and not self._send_cut and asyncio.current_task(self.loop) is not sending[0]:
+            self._send_cut = True
+            task, fanout = sending
+            fanout.release(task)
+            task.cancel()
 
     def _interrupt_producer(self) -> None:
         # anyio's cancel scope, as sse-starlette's task group uses: the task is
@@ -379,45 +395,112 @@ class StreamWriter:
             self._flushed = now
             self.stats.sent(nbytes, events, pings, sends)
 
-    # -- sends started by a publisher (broadcast fan-out) -----------------------
+    # -- sends from other tasks: the producer's own, a broadcast fan-out's --------
 
     @property
     def idle(self) -> bool:
-        """Streaming, nothing buffered, no send in flight, and the writer task waiting for data."""
+        """Streaming, nothing buffered, no send in flight or claimed, and the writer task waiting for data."""
         sb = self.buffer
         return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
 
-    def send_inline(self, body: bytes) -> None:
-        """Send ``body`` (one event) now, in the caller's task, when the stream is ``idle``.
+    def claim_send(self, size: int) -> None:
+        """Reserve the stream's next send for a fan-out task (``broadcast``); only when ``idle``.
 
-        The server's ``send()`` coroutine is started here; when it completes at
-        once (the usual case) no task is woken at all. When it suspends (the
-        client is slow), the writer task finishes it, keeping the order of
-        everything sent after it. Failures end this stream, never the caller.
+        Until the fan-out calls ``send_claimed``, the stream is not idle: what
+        comes meanwhile is buffered for the writer task, which waits for the
+        claimed send, so the order on the wire is the order of the claims.
+        """
+        self.buffer.inflight = size
+        self._own_send = True
+
+    async def send_claimed(self, body: bytes, fanout: Any) -> None:
+        """Send ``body`` (one event), claimed by ``claim_send``, in the calling task (``fanout``'s).
+
+        The send runs in this stream's context (the writer task's copy of the
+        request's), from start to end in the calling task; the deadline, the
+        counts and the stop requests are the stream's. Never raises for the
+        stream's own failures (they end this stream, not the fan-out); a
+        cancellation of the calling task by anyone else propagates.
+        """
+        if self.stop_reason == STOP_DISCONNECT or self.error is not None or self.phase >= _DONE:
+            self._release_claim()
+            return
+        task = asyncio.current_task(self.loop)
+        self._send_task = (task, fanout)
+        self._send_cut = False
+        sb = self.buffer
+        try:
+            await self._send_here(body, 1, self.context)
+            # what came for this stream meanwhile leaves from here too, unless the client proved
+            # slow (the send suspended): then its writer task takes over and batches
+            while len(sb) and not sb.slow and self.stop_reason is None and self.error is None:
+                await self._send_here(sb.take(), -1, self.context)
+        except asyncio.CancelledError:
+            if not self._send_cut:
+                raise
+            task.uncancel()  # cancelled by this stream's stop: the fan-out goes on
+        finally:
+            self._send_task = None
+
+    def _release_claim(self) -> None:
+        self._own_send = False
+        sb = self.buffer
+        if self.error is None and self.stop_reason != STOP_DISCONNECT:
+            sb.inflight = 0
+        if len(sb) or sb.closing:
+            sb.notify()
+
+    async def _send_here(self, body: bytes, events: int, context: contextvars.Context | None) -> None:
+        """Send ``body`` in the calling task with the writer's deadline, counts and stop rules.
+
+        ``events``: how many events it carries (``-1``: the buffer's last ``take()``,
+        counted by ``room_made``). ``context``: run the server's ``send()`` in it (a
+        fan-out sends for many streams from one task), or ``None``: the caller's.
         """
         sb = self.buffer
-        coro = self.send({"type": "http.response.body", "body": body, "more_body": True})
+        loop = self.loop
+        size = len(body)
+        sb.inflight = size
+        self._own_send = True
+        turn = sb.clock.stamp(loop)  # a later turn after the send: it suspended
+        timeout = self.send_timeout
+        if timeout is not None:
+            self._send_started = loop.time()
+            if self._deadline is None:
+                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
+        message = {"type": "http.response.body", "body": body, "more_body": True}
         try:
-            # the stream's own context (the one its writer task runs in), not the publisher's
-            waiting = self.context.run(coro.send, None)
-        except StopIteration:
-            self.sent_bytes += len(body)
-            self.sends += 1
-            sb.sent_events += 1  # one broadcast event
-            if self.stats is not None and self._stats_timer is None:
-                self._arm_stats()
-            if self.ping_when_idle:
-                self._last_send = self.loop.time()
-            return
+            if context is None:
+                await self.send(message)
+            else:
+                await _run_in(context, self.send(message))
         except OSError:
+            # ASGI 2.4: send() raises OSError once the client is gone
             self.stop(STOP_DISCONNECT)
             return
         except Exception as exc:
             self.fail(exc)
             return
-        sb.inflight = len(body)
-        self._handoff = (coro, waiting)
-        sb.notify()
+        finally:
+            self._send_started = None
+            self._own_send = False
+        if self.error is not None or self.stop_reason == STOP_DISCONNECT:
+            return  # a send that could not be cancelled returned after its deadline or the disconnect
+        sb.inflight = 0
+        self.sent_bytes += size
+        self.sends += 1
+        if events < 0:
+            sb.room_made()  # counts the take()'s events
+        else:
+            sb.sent_events += events
+        if sb.clock.turn != turn:
+            sb.slow = True  # the send suspended: the client is slower than the producer or publisher
+        if self.ping_when_idle:
+            self._last_send = loop.time()
+        if self.stats is not None and self._stats_timer is None:
+            self._arm_stats()
+        if len(sb) or sb.closing:
+            sb.notify()  # pings or events that came meanwhile; or the end, which waited for this send
 
     # -- the writer task ------------------------------------------------------
 
@@ -429,30 +512,8 @@ class StreamWriter:
         stats = self.stats
         try:
             while True:
-                if self._handoff is not None:
-                    coro, waiting = self._handoff
-                    self._handoff = None
-                    size = sb.inflight
-                    if timeout is not None:
-                        self._send_started = loop.time()
-                        if self._deadline is None:
-                            self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
-                    await _finish_send(coro, waiting)
-                    self._send_started = None
-                    if self.error is not None or self.stop_reason == STOP_DISCONNECT:
-                        return
-                    sb.inflight = 0
-                    self.sent_bytes += size
-                    self.sends += 1
-                    sb.sent_events += 1  # one broadcast event, sent inline
-                    if self.ping_when_idle:
-                        self._last_send = loop.time()
-                    sb.room_made()
-                    if stats is not None and self._stats_timer is None:
-                        self._arm_stats()
-                    continue
                 if not len(sb) or self._own_send:
-                    if sb.closing and not len(sb):
+                    if sb.closing and not len(sb) and not self._own_send:
                         return
                     # (while the producer's own send is in flight, a ping waits for it to end)
                     fut = sb.wake = loop.create_future()
@@ -493,9 +554,6 @@ class StreamWriter:
             self.fail(exc)
         finally:
             self._send_started = None
-            if self._handoff is not None:  # torn down before it could finish the inline send
-                self._handoff[0].close()
-                self._handoff = None
 
     # -- the producer, in the response's task ----------------------------------
 
@@ -506,48 +564,11 @@ class StreamWriter:
         awaited since its previous event: the event leaves at once, in the
         task that made it, with no future and no task woken (issue 16). A send
         that suspends holds the producer as a plain ``await send()`` does
-        (``max_buffer_bytes`` is not needed: one event is in flight) and sets
-        ``sb.slow`` so that what follows is batched by the writer task. The
-        send deadline, the counts and the stop requests are the writer task's.
+        (one event is in flight) and sets ``sb.slow`` so that what follows is
+        batched by the writer task. A shutdown waits for it; then the producer
+        is cancelled.
         """
-        sb = self.buffer
-        loop = self.loop
-        body = sb.take()
-        size = len(body)
-        sb.inflight = size
-        self._own_send = True
-        stamp = sb.stamp  # produce stamped the clock for this item: a later turn means the send suspended
-        timeout = self.send_timeout
-        if timeout is not None:
-            self._send_started = loop.time()
-            if self._deadline is None:
-                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
-        try:
-            await self.send({"type": "http.response.body", "body": body, "more_body": True})
-        except OSError:
-            # ASGI 2.4: send() raises OSError once the client is gone
-            self.stop(STOP_DISCONNECT)
-            return
-        except Exception as exc:
-            self.fail(exc)
-            return
-        finally:
-            self._send_started = None
-            self._own_send = False
-        if self.error is not None or self.stop_reason == STOP_DISCONNECT:
-            return  # a send that could not be cancelled returned after its deadline or the disconnect
-        sb.inflight = 0
-        self.sent_bytes += size
-        self.sends += 1
-        if sb.clock.turn != stamp:
-            sb.slow = True  # the send suspended: the client is slower than this producer
-        if self.ping_when_idle:
-            self._last_send = loop.time()
-        sb.room_made()
-        if self.stats is not None and self._stats_timer is None:
-            self._arm_stats()
-        if len(sb):
-            sb.notify()  # pings that came meanwhile
+        await self._send_here(self.buffer.take(), -1, None)
         if self.stop_reason is not None:
             self._interrupt_producer()  # a shutdown that waited for this send
 
@@ -618,14 +639,20 @@ class StreamWriter:
 
 
 @types.coroutine
-def _finish_send(coro: Any, waiting: Any) -> Any:
-    """Finish a ``send()`` coroutine that was started inline and suspended on ``waiting``.
+def _run_in(context: contextvars.Context, coro: Any) -> Any:
+    """``await coro`` with each of its steps run in ``context`` (the stream's, not the calling task's).
 
-    A generator-based coroutine that hands ``waiting`` (exactly what the
-    server's coroutine yielded) to the writer's task and relays what the task
-    sends or throws in, as ``await`` would have from the start. Only the
-    server's ``send()`` is ever driven this way, never user code.
+    A generator-based coroutine: what ``coro`` yields goes to the calling
+    task as it is, what the task sends or throws in goes back to ``coro``, as
+    ``await`` does; only the context differs. Used for the server's ``send()``
+    only, never for user code, and from start to end in one task (so a cancel
+    scope or a timeout inside ``send`` is entered and left in the same task).
     """
+    run = context.run
+    try:
+        waiting = run(coro.send, None)
+    except StopIteration as stop:
+        return stop.value
     while True:
         try:
             value = yield waiting
@@ -634,11 +661,11 @@ def _finish_send(coro: Any, waiting: Any) -> Any:
             raise
         except BaseException as exc:
             try:
-                waiting = coro.throw(exc)
+                waiting = run(coro.throw, exc)
             except StopIteration as stop:
                 return stop.value
         else:
             try:
-                waiting = coro.send(value)
+                waiting = run(coro.send, value)
             except StopIteration as stop:
                 return stop.value

@@ -11,9 +11,10 @@ uvicorn (uvloop + httptools), 1,000 raw-socket subscribers of which 100 stop
 reading; the readers get every event once and in order, the stalled ones are
 cut, the server's memory stays bounded.
 
-The send-wrapper tests pin down why publisher-started sends are opt-in
-(``inline_sends=True``): by default every send runs in the stream's own
-writer task and context.
+The send-wrapper tests pin down what the fan-out (``broadcast._fanout``, issue
+16) must keep: each send runs from start to end in one task, in the stream's
+context; a send that suspends holds neither the publisher nor the other
+streams.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import psutil
 import pytest
 from starlette.requests import Request
 
-from sse_fast import AppStatus, EventSourceResponse, ServerSentEvent
+from sse_fast import AppStatus, EventSourceResponse, SendTimeoutError, ServerSentEvent
 from sse_fast.broadcast import Broadcast
 
 from . import broadcast_app
@@ -127,7 +128,7 @@ async def until(pred, timeout=5.0, what="condition"):
 
 
 async def settle():
-    """Let every writer task reach its wait (an idle stream is sent to inline by a publisher)."""
+    """Let every writer task reach its wait (an idle stream is sent to by the fan-out task)."""
     for _ in range(5):
         await asyncio.sleep(0)
     await asyncio.sleep(0.01)
@@ -152,7 +153,7 @@ def run(main, *args, guard=GUARD):
 
 def test_every_idle_subscriber_gets_the_same_bytes_object(impl):
     async def main():
-        b = Broadcast(inline_sends=True)
+        b = Broadcast()
         crlf = [Client() for _ in range(5)]
         lf = [Client() for _ in range(2)]
         other = Client()
@@ -161,9 +162,11 @@ def test_every_idle_subscriber_gets_the_same_bytes_object(impl):
         await settle()
         returned = []
 
-        async def publisher():  # a task: idle streams are sent to inline, one send per event
+        async def publisher():  # idle streams: the fan-out task sends each event (it runs at the await)
             returned.append(b.publish({"data": "hello"}))
+            await asyncio.sleep(0)
             returned.append(b.publish("world"))
+            await asyncio.sleep(0)
             returned.append(b.publish(ServerSentEvent("third", event="tick")))
 
         await asyncio.get_running_loop().create_task(publisher())
@@ -182,6 +185,24 @@ def test_every_idle_subscriber_gets_the_same_bytes_object(impl):
                             b"id: 3\nevent: tick\ndata: third\n\n"]
     assert all(mine is first for mine, first in zip(lf[1].bodies, lf[0].bodies, strict=True))
     assert other.bodies == []  # another topic
+
+
+def test_events_published_together_reach_a_stream_in_order_first_by_the_fan_out_then_batched(impl):
+    async def main():
+        b = Broadcast()
+        clients = [Client() for _ in range(3)]
+        tasks = [start(b, c) for c in clients]
+        await until(lambda: b.subscribers() == 3)
+        await settle()
+        for i in range(5):
+            b.publish(f"e{i}")  # no await between: the stream is busy after the first
+        await settle()
+        await close_all(clients, tasks)
+        return clients
+
+    for c in run(main):
+        assert c.bodies == [b"id: 1\r\ndata: e0\r\n\r\n",
+                            b"".join(f"id: {i + 1}\r\ndata: e{i}\r\n\r\n".encode() for i in range(1, 5))]
 
 
 def test_an_app_given_id_is_kept_and_the_count_goes_on(impl):
@@ -440,7 +461,7 @@ def test_a_slow_subscriber_with_on_slow_drop_gets_the_gap_then_the_newest(impl):
     n, limit = 50, 1000
 
     async def main():
-        b = Broadcast(max_subscriber_bytes=limit, on_slow="drop", inline_sends=True)
+        b = Broadcast(max_subscriber_bytes=limit, on_slow="drop")
         gate = asyncio.Event()
         reader, slow = Client(), Client(gate=gate)
         tasks = [start(b, reader), start(b, slow)]
@@ -450,6 +471,7 @@ def test_a_slow_subscriber_with_on_slow_drop_gets_the_gap_then_the_newest(impl):
         async def publisher():
             for i in range(1, n + 1):
                 b.publish({"data": f"{i:04d}" + "y" * 80})
+                await asyncio.sleep(0)  # the reader keeps up: its send goes out before the next event
 
         await asyncio.get_running_loop().create_task(publisher())
         still = b.subscribers()
@@ -752,7 +774,7 @@ def test_retry_is_sent_first(impl):
 
 def test_an_event_larger_than_max_subscriber_bytes_reaches_a_subscriber_that_keeps_up(impl):
     async def main():
-        b = Broadcast(max_subscriber_bytes=100, inline_sends=True)
+        b = Broadcast(max_subscriber_bytes=100)
         fast, stalled = Client(), Client(block=True)
         tasks = [start(b, fast), start(b, stalled)]
         await until(lambda: b.subscribers() == 2)
@@ -761,6 +783,7 @@ def test_an_event_larger_than_max_subscriber_bytes_reaches_a_subscriber_that_kee
         async def publisher():
             b.publish("big" * 100)  # ~310 bytes: both are keeping up (nothing pending)
             counts = [b.subscribers()]
+            await settle()  # the fan-out sends it: the fast one's completes (a turn later if the stalled one came first)
             b.publish("next")  # the stalled one still has the first in flight: cut
             counts.append(b.subscribers())
             return counts
@@ -781,7 +804,7 @@ def test_an_event_larger_than_max_subscriber_bytes_reaches_a_subscriber_that_kee
 
 def test_iterating_a_subscription_directly(impl):
     async def main():
-        b = Broadcast(inline_sends=True)
+        b = Broadcast()
         for i in range(3):
             b.publish(f"old{i}")
         attached = Client()
@@ -817,8 +840,11 @@ def test_iterating_a_subscription_directly(impl):
     assert all(type(d) is bytes for d in got)
     assert got[0] == b"id: 2\r\ndata: old1\r\n\r\n"
     assert ids(b"".join(got)) == list(range(2, 14))
-    # encoded once: the iterating subscriber holds the very bytes the attached stream sent
-    assert all(g is a for g, a in zip(got[2:], attached.bodies, strict=True))
+    # encoded once: the iterating subscriber holds the very bytes the attached stream sent (the
+    # events the fan-out sent one per send; those published together went as one batch)
+    assert b"".join(attached.bodies) == b"".join(got[2:])
+    singles = {bytes(a): a for a in attached.bodies if a.count(b"\r\n\r\n") == 1}
+    assert len(singles) >= 3 and all(g is singles[g] for g in got[2:] if g in singles)
     assert left == 1  # aclose() unregistered it
 
 
@@ -993,13 +1019,133 @@ def test_a_send_wrapper_timeout_never_cancels_the_publisher(impl):
     assert run(main) == ["slept"]
 
 
-@pytest.mark.parametrize("inline_sends", [False, True])
-def test_a_send_wrapper_sees_the_requests_context(impl, inline_sends):
-    """Also with ``inline_sends=True``: the publisher starts the send in the stream's context."""
+class TaskClient(Client):
+    """Records the task of every body send with data."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.tasks: list = []
+
+    async def send(self, message):
+        if message["type"] == "http.response.body" and message["body"]:
+            self.tasks.append(asyncio.current_task())
+        await super().send(message)
+
+
+def test_one_fan_out_task_sends_a_publish_to_every_idle_stream(impl):
+    """Issue 16: no stream's own task is woken; one task awaits every idle stream's send in turn."""
+
+    async def main():
+        b = Broadcast()
+        clients = [TaskClient() for _ in range(50)]
+        tasks = [start(b, c) for c in clients]
+        await until(lambda: b.subscribers() == 50)
+        await settle()
+        for i in range(3):
+            b.publish(f"e{i}")
+            await settle()
+        await close_all(clients, tasks)
+        return clients, tasks
+
+    clients, tasks = run(main)
+    for i in range(3):
+        senders = {c.tasks[i] for c in clients}
+        assert len(senders) == 1  # one task for the whole round
+        assert not senders & set(tasks)  # not a stream's task
+    for c in clients:
+        assert c.bodies == [f"id: {i + 1}\r\ndata: e{i}\r\n\r\n".encode() for i in range(3)]
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_a_send_that_suspends_holds_neither_the_others_nor_the_publisher(impl, position):
+    async def main():
+        b = Broadcast()
+        gate = asyncio.Event()
+        n = 20
+        k = {"first": 0, "middle": n // 2, "last": n - 1}[position]
+        clients = [Client(gate=gate) if i == k else Client() for i in range(n)]
+        tasks = []
+        for c in clients:  # subscribed in order: the fan-out's queue follows the topic's set, any order
+            tasks.append(start(b, c))
+        await until(lambda: b.subscribers() == n)
+        await settle()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(5):
+            b.publish(f"e{i}")
+            await asyncio.sleep(0.01)
+        others = [c for i, c in enumerate(clients) if i != k]
+        await until(lambda: all(len(c.bodies) == 5 for c in others), timeout=1, what="the others")
+        took = loop.time() - t0
+        gate.set()
+        await until(lambda: clients[k].body.count(b"\r\n\r\n") == 5, what="the slow one")
+        await close_all(clients, tasks)
+        return clients, took
+
+    clients, took = run(main)
+    assert took < 0.5
+    for c in clients:
+        assert c.body == b"".join(f"id: {i + 1}\r\ndata: e{i}\r\n\r\n".encode() for i in range(5))
+
+
+def test_disconnect_cancels_a_fan_out_send_and_the_round_goes_on(impl):
+    async def main():
+        b = Broadcast()
+        stuck, others = Client(block=True), [Client() for _ in range(5)]
+        tasks = [start(b, stuck)] + [start(b, c) for c in others]
+        await until(lambda: b.subscribers() == 6)
+        await settle()
+        b.publish("a")
+        await settle()
+        stuck.disconnect()  # its send is stuck in a fan-out task
+        await asyncio.wait_for(tasks[0], 1)
+        b.publish("b")
+        await settle()
+        left = b.subscribers()
+        await close_all(others, tasks[1:])
+        return others, left, tasks[0]
+
+    others, left, stuck_task = run(main)
+    assert stuck_task.exception() is None
+    assert left == 5
+    for c in others:
+        assert c.body == b"id: 1\r\ndata: a\r\n\r\nid: 2\r\ndata: b\r\n\r\n"
+
+
+def test_send_timeout_ends_a_stream_stuck_in_a_fan_out_send(impl):
+    async def main():
+        b = Broadcast()
+        stuck, other = Client(block=True), Client()
+        t_stuck = start(b, stuck, send_timeout=0.2)
+        t_other = start(b, other, send_timeout=0.2)
+        await until(lambda: b.subscribers() == 2)
+        await settle()
+        t0 = asyncio.get_running_loop().time()
+        b.publish("a")
+        await asyncio.wait([t_stuck], timeout=2)
+        took = asyncio.get_running_loop().time() - t0
+        b.publish("b")
+        await settle()
+        await close_all([other], [t_other])
+        return t_stuck, took, other
+
+    t_stuck, took, other = run(main)
+    assert isinstance(t_stuck.exception(), SendTimeoutError)
+    assert 0.2 <= took < 1.0
+    assert other.body == b"id: 1\r\ndata: a\r\n\r\nid: 2\r\ndata: b\r\n\r\n"
+
+
+def test_inline_sends_is_deprecated_and_changes_nothing():
+    with pytest.warns(DeprecationWarning, match="inline_sends"):
+        Broadcast(inline_sends=True)
+
+
+def test_a_send_wrapper_sees_the_requests_context(impl):
+    """The fan-out sends to many streams from one task, each send in its stream's context."""
     request_id = contextvars.ContextVar("request_id", default=None)
 
     async def main():
-        b = Broadcast(inline_sends=inline_sends)
+        b = Broadcast()
         seen = []
 
         async def send(message):

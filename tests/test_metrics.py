@@ -295,21 +295,20 @@ def test_a_running_stream_counts_reach_the_metrics_within_the_flush_interval(imp
     assert counts(reg) == expected(disconnect=1, events=5, bytes=len(c.body), sends=len(c.bodies))
 
 
-@pytest.mark.parametrize("inline", [False, True])
-def test_broadcast_events_are_counted(impl, reg, inline):
+def test_broadcast_events_are_counted(impl, reg):
     from sse_fast.broadcast import Broadcast
 
     c = Client()
 
     async def main():
-        b = Broadcast(inline_sends=inline)
+        b = Broadcast()
 
         async def publisher():
             while b.subscribers("t") < 1:
                 await anyio.sleep(0.005)
             for i in range(20):
                 b.publish({"data": i}, "t")
-                await anyio.sleep(0.005)  # the stream's writer is idle again: inline sends when allowed
+                await anyio.sleep(0.005)  # the stream's writer is idle again: the fan-out sends
             await anyio.sleep(0.05)
             c.disconnect()
 

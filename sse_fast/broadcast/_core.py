@@ -6,10 +6,11 @@ bytes and optionally age) and handed to every subscriber as the same bytes
 object:
 
 - a subscriber streamed by sse_fast's ``EventSourceResponse`` on asyncio is
-  *attached* to its stream's writer: when that writer is idle, the publisher
-  starts the ``send()`` itself (no queue, no task woken; a send that suspends
-  is finished by the stream's writer task); otherwise the bytes are appended
-  to the stream's buffer and its writer is woken;
+  *attached* to its stream's writer: when that writer is idle, the event goes
+  to the fan-out (``_fanout.FanOut``: one task per round of publishing awaits
+  every idle stream's ``send()`` in turn; no stream's task is woken; a send
+  that suspends keeps its task, the rest of the round moves on); otherwise
+  the bytes are appended to the stream's buffer and its writer is woken;
 - any other consumer (trio, a wrapping generator, another response class)
   iterates the subscription as a plain async iterator of ``bytes``.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,6 +42,7 @@ from .. import _encoder
 from .. import metrics as _metrics
 from .._writer import STOP_SHUTDOWN
 from ..event import ServerSentEvent
+from ._fanout import FanOut
 from .backends import backend_for_url
 
 __all__ = ["Broadcast", "Subscription"]
@@ -78,13 +81,6 @@ def _encode(item: Any, id: str | None, sep: str) -> bytes:
             item = {**item, "id": id}
         return _encoder.encode_item(item, sep)
     return _encoder.encode_fields(str(item), None, id, None, None, sep)
-
-
-def _in_asyncio_task() -> bool:
-    try:
-        return asyncio.current_task() is not None
-    except RuntimeError:  # no asyncio loop (trio)
-        return False
 
 
 def _item_id(item: Any) -> str | None:
@@ -130,14 +126,9 @@ class Broadcast:
         on_gap: ``(topic, last_event_id) -> iterable of events`` sent instead of
             the gap event and the history when replay is impossible (a full
             state snapshot; live events follow it), or ``None``.
-        inline_sends: let ``publish`` (called from a task) start an idle
-            stream's ``send()`` itself: no task is woken per subscriber, the
-            fan-out nears the ASGI ceiling. Only for apps whose ``send`` path
-            does not depend on the task it runs in: a middleware that wraps
-            ``send`` in a cancel scope or a timeout would see the send start
-            in the publisher's task and finish in the stream's (the context
-            variables are the stream's). Off by default: the publisher appends
-            to each stream's buffer and wakes its writer task.
+        inline_sends: deprecated, no effect (a ``DeprecationWarning``): the
+            default fan-out reaches the ASGI ceiling without starting sends in
+            the publisher's task (issue 16).
         url: the backend: ``None`` or ``"memory://"`` (this process only), or
             a Redis URL (``redis://host:6379/0``, ``rediss://...``,
             ``unix:///path``): every process and machine using the same Redis
@@ -169,7 +160,7 @@ class Broadcast:
         on_slow: str = "disconnect",
         gap_event: str = "sse_fast.gap",
         on_gap: Callable[[str, str], Iterable[Any]] | None = None,
-        inline_sends: bool = False,
+        inline_sends: bool | None = None,
         url: str | None = None,
         key_prefix: str = "sse_fast:",
         publish_timeout: float = 5.0,
@@ -197,7 +188,10 @@ class Broadcast:
         self.on_slow = on_slow
         self.gap_event = gap_event
         self.on_gap = on_gap
-        self.inline_sends = bool(inline_sends)
+        if inline_sends is not None:
+            warnings.warn("Broadcast(inline_sends=...) is deprecated and has no effect: idle streams are "
+                          "sent to by the fan-out task (issue 16)", DeprecationWarning, stacklevel=2)
+        self._fanout: FanOut | None = None
         self._topics: dict[str, _Topic] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         options = {} if not isinstance(url, str) or url.startswith("memory:") else {
@@ -323,9 +317,8 @@ class Broadcast:
     def _dispatch(self, t: _Topic, entry: _Entry, published_wall: float | None = None) -> None:
         """Remember ``entry`` and hand it to every subscriber of ``t`` (the backends call this)."""
         self._remember(t, entry)
-        inline = self.inline_sends and _in_asyncio_task()
         for sub in list(t.subscribers):
-            sub._deliver(entry, inline)
+            sub._deliver(entry)
         m = _metrics.ACTIVE
         if m is not None:
             # publish-to-deliver (every subscriber here has it): from the publisher's clock
@@ -513,7 +506,7 @@ class Subscription:
             if t is not None:
                 t.subscribers.discard(self)
 
-    def _deliver(self, entry: _Entry, inline: bool) -> None:
+    def _deliver(self, entry: _Entry) -> None:
         data = entry.bytes_for(self._sep)
         w = self._writer
         if w is not None:
@@ -525,11 +518,17 @@ class Subscription:
             if pending and pending + len(data) > self.broadcast.max_subscriber_bytes + self._allowance:
                 self._slow(data)
                 return
-            if inline and w.idle:
-                w.send_inline(data)
+            if w.idle and not sb.slow:
+                b = self.broadcast
+                fan = b._fanout
+                if fan is None or fan.loop is not w.loop:
+                    fan = b._fanout = FanOut(w.loop)
+                fan.add(w, data)
             else:
                 sb.append_bytes(data)
-                sb.notify()
+                if not w._own_send:
+                    # (else the send in flight wakes the writer when it ends: no wake per event)
+                    sb.notify()
             return
         q = self._queue
         if q is None:
