@@ -14,8 +14,9 @@ Rows (``--impls``):
   each client's generator yields what its queue gets.
 - ``sse_fast_broadcast``: ``sse_fast.broadcast.Broadcast``: one task publishes
   each event to a topic; every ``EventSourceResponse(broadcast.subscribe(topic))``
-  gets it (encoded once, sent inline to idle streams). Served by this module's
-  ``app`` (see below).
+  gets it (encoded once; idle streams are sent to by one fan-out task per
+  publish, ``sse_fast/broadcast/_fanout.py``). Served by this module's ``app``
+  (see below).
 - ``raw``: the ceiling: a raw ASGI app whose broadcaster task encodes each event
   once and awaits every connection's ``send()`` in turn (no pings, no
   timeouts, no disconnect handling beyond unregistering). Also this module's ``app``.
@@ -57,12 +58,11 @@ from _harness import (  # noqa: E402
     server,
 )
 
-IMPLS = ["sse_starlette", "sse_fast", "sse_fast_broadcast", "sse_fast_broadcast_inline", "raw"]
+IMPLS = ["sse_starlette", "sse_fast", "sse_fast_broadcast", "raw"]
 #: served by this module's ``app`` (the others by ``benchmarks/apps.py``, unchanged)
-OWN_IMPLS = ("sse_fast_broadcast", "sse_fast_broadcast_inline", "raw")
+OWN_IMPLS = ("sse_fast_broadcast", "raw")
 LABELS = {"sse_starlette": "sse_starlette (queue per client)", "sse_fast": "sse_fast (queue per client)",
-          "sse_fast_broadcast": "sse_fast broadcast (writer task woken per stream)",
-          "sse_fast_broadcast_inline": "sse_fast broadcast, inline_sends=True",
+          "sse_fast_broadcast": "sse_fast broadcast (default: fan-out task)",
           "raw": "raw ceiling (encode once, await each send)"}
 T_RE = re.compile(rb'"t":([0-9]+\.[0-9]+)')
 
@@ -129,27 +129,27 @@ class _RawFanout:
             self.sends.discard(send)
 
 
-_BROADCAST: dict[bool, object] = {}
-_TICKERS: dict[tuple[float, int, bool], _Ticker] = {}
+_BROADCAST: list = []
+_TICKERS: dict[tuple[float, int], _Ticker] = {}
 _RAW: dict[tuple[float, int], _RawFanout] = {}
 
 
-def _broadcast_response(interval: float, size: int, ping, send_timeout, inline: bool = False):
+def _broadcast_response(interval: float, size: int, ping, send_timeout):
     from sse_fast import EventSourceResponse
     from sse_fast.broadcast import Broadcast
 
-    if inline not in _BROADCAST:
-        _BROADCAST[inline] = Broadcast(inline_sends=inline)
-    b = _BROADCAST[inline]
+    if not _BROADCAST:
+        _BROADCAST.append(Broadcast())
+    b = _BROADCAST[0]
     topic = f"fanout/{interval!r}/{size}"
-    ticker = _TICKERS.get((interval, size, inline))
+    ticker = _TICKERS.get((interval, size))
     if ticker is None:
         pad = _pad(size)
 
         async def tick(seq: int) -> None:
             b.publish({"id": str(seq), "data": _event_data(seq, pad)}, topic)
 
-        ticker = _TICKERS[(interval, size, inline)] = _Ticker(interval, tick)
+        ticker = _TICKERS[(interval, size)] = _Ticker(interval, tick)
     ticker.start()
     return EventSourceResponse(b.subscribe(topic), ping=ping, send_timeout=send_timeout)
 
@@ -173,8 +173,7 @@ async def app(scope, receive, send) -> None:
         return
     ping = float(q.get("ping", ["15"])[0])
     send_timeout = float(q["send_timeout"][0]) if "send_timeout" in q else None
-    inline = impl == "sse_fast_broadcast_inline"
-    await _broadcast_response(interval, size, ping, send_timeout, inline)(scope, receive, send)
+    await _broadcast_response(interval, size, ping, send_timeout)(scope, receive, send)
 
 
 def own_server(core: int = SERVER_CORE, backlog: int = 8192):
@@ -312,8 +311,7 @@ def table(res: dict) -> str:
                         f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {100 * r['events'] / r['events_expected']:.0f}% |")
     for x, y, label in (("sse_fast", "sse_starlette", "sse_fast / sse-starlette"),
                         ("sse_fast_broadcast", "sse_starlette", "sse_fast broadcast / sse-starlette"),
-                        ("sse_fast_broadcast", "raw", "sse_fast broadcast / raw ceiling"),
-                        ("sse_fast_broadcast_inline", "raw", "sse_fast broadcast inline / raw ceiling")):
+                        ("sse_fast_broadcast", "raw", "sse_fast broadcast / raw ceiling")):
         a, b = by.get(x), by.get(y)
         if a and b:
             rows.append(f"| {label} | {a['server_cpu_percent'] / b['server_cpu_percent']:.2f} | "

@@ -413,28 +413,68 @@ class StreamWriter:
         self.buffer.inflight = size
         self._own_send = True
 
-    async def send_claimed(self, body: bytes, fanout: Any) -> None:
-        """Send ``body`` (one event), claimed by ``claim_send``, in the calling task (``fanout``'s).
+    async def send_claimed(self, body: bytes, fanout: Any, task: asyncio.Task[Any]) -> None:
+        """Send ``body`` (one event), claimed by ``claim_send``, in ``task`` (``fanout``'s worker, the caller).
 
         The send runs in this stream's context (the writer task's copy of the
-        request's), from start to end in the calling task; the deadline, the
-        counts and the stop requests are the stream's. Never raises for the
+        request's), from start to end in ``task``; the deadline, the counts and
+        the stop requests are the stream's. What was buffered for the stream
+        meanwhile is sent next, from here too, unless this send suspended (a
+        slow client: its writer task batches then). Never raises for the
         stream's own failures (they end this stream, not the fan-out); a
-        cancellation of the calling task by anyone else propagates.
+        cancellation of ``task`` by anyone else propagates.
         """
-        if self.stop_reason == STOP_DISCONNECT or self.error is not None or self.phase >= _DONE:
-            self._release_claim()
-            return
-        task = asyncio.current_task(self.loop)
+        if self.stop_reason is not None or self.error is not None or self.phase != _PRODUCING:
+            if self.stop_reason == STOP_DISCONNECT or self.error is not None or self.phase >= _DONE:
+                self._release_claim()
+                return
         self._send_task = (task, fanout)
         self._send_cut = False
         sb = self.buffer
+        loop = self.loop
+        turn = sb.clock.stamp(loop)  # a later turn after the send: it suspended
+        timeout = self.send_timeout
+        if timeout is not None:
+            self._send_started = loop.time()
+            if self._deadline is None:
+                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
         try:
-            await self._send_here(body, 1, self.context)
-            # what came for this stream meanwhile leaves from here too, unless the client proved
-            # slow (the send suspended): then its writer task takes over and batches
+            try:
+                coro = self.send({"type": "http.response.body", "body": body, "more_body": True})
+                context = self.context
+                try:
+                    # the send's first step here; ``_run_in`` only for one that suspends
+                    waiting = context.run(coro.send, None)
+                except StopIteration:
+                    pass
+                else:
+                    await _run_in(context, coro, waiting)
+            except OSError:
+                self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
+                return
+            except Exception as exc:
+                self.fail(exc)
+                return
+            finally:
+                self._send_started = None
+                self._own_send = False
+            if self.error is not None or self.stop_reason == STOP_DISCONNECT:
+                return  # a send that could not be cancelled returned after its deadline or the disconnect
+            # (the counts of _send_here, inline: this runs once per stream per published event)
+            sb.inflight = 0
+            self.sent_bytes += len(body)
+            self.sends += 1
+            sb.sent_events += 1
+            if sb.clock.turn != turn:
+                sb.slow = True
+            if self.ping_when_idle:
+                self._last_send = loop.time()
+            if self.stats is not None and self._stats_timer is None:
+                self._arm_stats()
             while len(sb) and not sb.slow and self.stop_reason is None and self.error is None:
                 await self._send_here(sb.take(), -1, self.context)
+            if len(sb) or sb.closing:
+                sb.notify()  # the writer task takes what is left, or ends the stream
         except asyncio.CancelledError:
             if not self._send_cut:
                 raise
@@ -638,8 +678,11 @@ class StreamWriter:
         await send_within(self.send, message, self.send_timeout)
 
 
+_NOT_STARTED = object()
+
+
 @types.coroutine
-def _run_in(context: contextvars.Context, coro: Any) -> Any:
+def _run_in(context: contextvars.Context, coro: Any, waiting: Any = _NOT_STARTED) -> Any:
     """``await coro`` with each of its steps run in ``context`` (the stream's, not the calling task's).
 
     A generator-based coroutine: what ``coro`` yields goes to the calling
@@ -649,10 +692,12 @@ def _run_in(context: contextvars.Context, coro: Any) -> Any:
     scope or a timeout inside ``send`` is entered and left in the same task).
     """
     run = context.run
-    try:
-        waiting = run(coro.send, None)
-    except StopIteration as stop:
-        return stop.value
+    if waiting is _NOT_STARTED:
+        try:
+            waiting = run(coro.send, None)
+        except StopIteration as stop:
+            return stop.value
+    # (else ``coro`` already ran its first step and yielded ``waiting``)
     while True:
         try:
             value = yield waiting

@@ -49,7 +49,9 @@ class FanOut:
 
     def add(self, writer: Any, body: bytes) -> None:
         """Send ``body`` to ``writer``'s stream soon; ``writer.idle`` must be true (it is claimed here)."""
-        writer.claim_send(len(body))
+        # (StreamWriter.claim_send, inlined: once per subscriber per event)
+        writer.buffer.inflight = len(body)
+        writer._own_send = True
         self.queue.append((writer, body))
         if not self.workers:
             self._spawn(1)
@@ -83,7 +85,7 @@ class FanOut:
         try:
             while q and me in workers:
                 writer, body = q.popleft()
-                await writer.send_claimed(body, self)
+                await writer.send_claimed(body, self, me)
         except BaseException:
             # cancelled by someone else (the loop is closing): no claim may stay pending
             workers.discard(me)
