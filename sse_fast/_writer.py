@@ -9,10 +9,16 @@ Three parties share one ``StreamBuffer``, all on the event loop's thread:
   awaitables and ``StopAsyncIteration`` are asyncio's own. Each item is
   encoded into the buffer; at ``max_buffer_bytes`` (buffered plus the send in
   flight) the producer awaits room, so a client that stops reading stops it.
+  When the writer is idle and the producer awaited since its previous item
+  (``_encoder.LoopTurns``), the producer sends the item itself with a plain
+  ``await send()`` (``_send_own``, issue 16): no future, no task woken.
 - **the writer task**: waits on a future that the producer sets when it
   appends. The future's callback runs only once the producer suspends, so
   the events that were ready together leave as one ``http.response.body``,
   and a slow producer's event leaves at once (no timer, no Nagle).
+- **a broadcast's fan-out task** (``broadcast._fanout``) may send for an idle
+  stream (``send_claimed``); the writer task waits for such a send, as for
+  the producer's own.
 - **loop timers**: pings append to the buffer and wake the writer; a send
   deadline is one timer per stream, armed lazily (a send records its start
   time; the timer, when it fires, either times the send out or re-arms for the
