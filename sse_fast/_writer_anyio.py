@@ -11,12 +11,13 @@ not tuned for speed.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import sniffio
 
 from . import _encoder
 from ._writer import (
@@ -30,6 +31,15 @@ from ._writer import (
 )
 
 __all__ = ["GenericStream"]
+
+
+def _on_trio() -> bool:
+    # anyio runs on asyncio or trio: no asyncio loop running means trio
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return "trio" in sys.modules
+    return False
 
 
 class GenericStream:
@@ -232,7 +242,7 @@ class GenericStream:
         # generator's finally) waiting forever. Outside the group, the response can end with
         # SendTimeoutError (``_watch_sends``); the server then closes the connection, which ends
         # the stuck send, and the writer task with it.
-        if sniffio.current_async_library() == "trio":
+        if _on_trio():
             import trio
 
             trio.lowlevel.spawn_system_task(self._writer_task, context=contextvars.copy_context())

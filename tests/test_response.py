@@ -588,3 +588,26 @@ def test_retry_error_keeps_sse_starlettes_words(impl):
             make()
         assert str(info.value) == "retry argument must be int"
         assert any("milliseconds" in note and ("'5'" in note or "2.5" in note) for note in info.value.__notes__)
+
+
+def test_imports_with_only_the_declared_dependencies():
+    """sse_fast imports and streams without packages it does not declare (sniffio: a demo install
+    once failed with ModuleNotFoundError, anyio 4 does not bring it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sniffio'] = None\n"
+            "import asyncio, sse_fast, sse_fast.broadcast\n"
+            "from sse_fast import EventSourceResponse\n"
+            "out = []\n"
+            "async def gen():\n"
+            "    yield 'a'\n"
+            "async def recv():\n"
+            "    await asyncio.sleep(3600)\n"
+            "async def send(m):\n"
+            "    out.append(m)\n"
+            "asyncio.run(EventSourceResponse(gen())({'type': 'http', 'method': 'GET', 'path': '/', 'headers': []}, "
+            "recv, send))\n"
+            "print(b''.join(m.get('body', b'') for m in out))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "b'data: a\\r\\n\\r\\n'", res.stderr[-2000:]
