@@ -35,6 +35,8 @@ encode_item = _impl.encode_item
 ensure_bytes = _impl.ensure_bytes
 produce = _impl.produce
 LoopTurns = _impl.LoopTurns
+first_step = _impl.first_step
+SENT = _encoder_py.SENT
 check_sep = _impl.check_sep
 SEPARATORS = _impl.SEPARATORS
 

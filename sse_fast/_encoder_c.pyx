@@ -11,19 +11,24 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.dict cimport PyDict_Next
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy, memchr
 
-from ._encoder_py import retry_type_error
+from ._encoder_py import retry_type_error, SENT
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
     Py_UCS4 PyUnicode_READ_CHAR(object s, Py_ssize_t i)
+    # -1 error (exception set), 0 returned, 1 yielded; ``*presult`` a new reference
+    int PyIter_Send(object iter, object arg, PyObject** presult) except? -1
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
 
 __all__ = [
     "SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class",
-    "ensure_bytes", "StreamBuffer", "LoopTurns", "produce",
+    "ensure_bytes", "StreamBuffer", "LoopTurns", "produce", "SENT", "first_step",
 ]
 
 SEPARATORS = ("\r\n", "\r", "\n")
@@ -559,6 +564,29 @@ cdef class LoopTurns:
         return self.turn
 
 
+def first_step(awaitable, context):
+    """Run the first step of ``awaitable`` in the calling task (see ``_encoder_py.first_step``).
+
+    ``PyIter_Send``: a send that completes returns without a ``StopIteration``.
+    """
+    cdef PyObject* result = NULL
+    cdef int r
+    cdef object value
+    if context is not None:
+        PyContext_Enter(context)
+    try:
+        r = PyIter_Send(awaitable, None, &result)
+    finally:
+        if context is not None:
+            PyContext_Exit(context)
+    if r == 1:
+        value = <object>result
+        Py_XDECREF(result)
+        return value
+    Py_XDECREF(result)
+    return SENT
+
+
 async def produce(iterator, StreamBuffer sb):
     """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task (see ``_encoder_py.produce``)."""
     try:
@@ -581,7 +609,9 @@ async def produce_loop(iterator, StreamBuffer sb):
         if sb.clock is not None:
             sb.stamp = (<LoopTurns?>sb.clock).stamp(sb.loop)
         if idle:
-            await sb.sender()
+            rest = sb.sender()
+            if rest is not None:
+                await rest  # the send suspended: finish it here, as a plain ``await send()`` would
             continue
         fut = sb.wake
         if fut is not None:

@@ -253,7 +253,7 @@ class StreamWriter:
         self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
         # a send of this stream's is claimed or in flight outside the writer task: the producer's
-        # own (``_send_own``) or a broadcast fan-out's (``claim_send``); the writer task waits for it
+        # own (``_send_own``) or a broadcast fan-out's (``FanOut.add``); the writer task waits for it
         self._own_send = False
         self._send_task: Any = None  # (fan-out task, its FanOut) in such a send, to cancel on a disconnect
         self._send_cut = False  # that task was cancelled by this stream's stop (not by anyone else)
@@ -409,78 +409,60 @@ class StreamWriter:
         sb = self.buffer
         return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
 
-    def claim_send(self, size: int) -> None:
-        """Reserve the stream's next send for a fan-out task (``broadcast``); only when ``idle``.
+    def send_claimed(self, body: bytes, fanout: Any, task: asyncio.Task[Any]) -> Awaitable[None] | None:
+        """Start sending ``body`` (one event) from ``task``, ``fanout``'s worker (the caller).
 
-        Until the fan-out calls ``send_claimed``, the stream is not idle: what
-        comes meanwhile is buffered for the writer task, which waits for the
-        claimed send, so the order on the wire is the order of the claims.
-        """
-        self.buffer.inflight = size
-        self._own_send = True
+        The stream was claimed while ``idle`` (``FanOut.add``: ``buffer.inflight``
+        set, ``_own_send`` true): until this send ends, what comes is buffered
+        for the writer task, which waits for it, so the order on the wire is
+        the order of the claims. The send runs in this stream's context (the
+        writer task's copy of the request's), from start to end in ``task``;
+        the deadline, the counts and the stop requests are the stream's. What
+        was buffered meanwhile is sent next, from here too, unless a send
+        suspended (a slow client: its writer task batches then).
 
-    async def send_claimed(self, body: bytes, fanout: Any, task: asyncio.Task[Any]) -> None:
-        """Send ``body`` (one event), claimed by ``claim_send``, in ``task`` (``fanout``'s worker, the caller).
+        Returns:
+            ``None`` when all of it completed in this call (the usual case),
+            else an awaitable that ``task`` must await at once to finish it.
 
-        The send runs in this stream's context (the writer task's copy of the
-        request's), from start to end in ``task``; the deadline, the counts and
-        the stop requests are the stream's. What was buffered for the stream
-        meanwhile is sent next, from here too, unless this send suspended (a
-        slow client: its writer task batches then). Never raises for the
-        stream's own failures (they end this stream, not the fan-out); a
-        cancellation of ``task`` by anyone else propagates.
+        Never raises for the stream's own failures (they end this stream, not
+        the fan-out); a cancellation of ``task`` by anyone else propagates.
         """
         if self.stop_reason is not None or self.error is not None or self.phase != _PRODUCING:
             if self.stop_reason == STOP_DISCONNECT or self.error is not None or self.phase >= _DONE:
                 self._release_claim()
-                return
+                return None
+        rest = self._start_send(body, 1, self.context)
+        if rest is None:
+            rest = self._drain_here()
+            if rest is None:
+                return None
+        return self._finish_claimed(rest, fanout, task)
+
+    def _drain_here(self) -> Awaitable[None] | None:
+        """After a fan-out send: send what was buffered meanwhile, in the calling task, while no send suspends.
+
+        Returns ``None`` when done (the writer task is notified of what is
+        left or of the end), else the pending send's awaitable.
+        """
+        sb = self.buffer
+        context = self.context
+        while len(sb) and not sb.slow and self.stop_reason is None and self.error is None:
+            rest = self._start_send(sb.take(), -1, context)
+            if rest is not None:
+                return rest
+        if len(sb) or sb.closing:
+            sb.notify()  # the writer task takes what is left, or ends the stream
+        return None
+
+    async def _finish_claimed(self, rest: Awaitable[None] | None, fanout: Any, task: asyncio.Task[Any]) -> None:
+        # a fan-out send suspended: finish it (a disconnect or the deadline may cut it), then drain
         self._send_task = (task, fanout)
         self._send_cut = False
-        sb = self.buffer
-        loop = self.loop
-        turn = sb.clock.stamp(loop)  # a later turn after the send: it suspended
-        timeout = self.send_timeout
-        if timeout is not None:
-            self._send_started = loop.time()
-            if self._deadline is None:
-                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
         try:
-            try:
-                coro = self.send({"type": "http.response.body", "body": body, "more_body": True})
-                context = self.context
-                try:
-                    # the send's first step here; ``_run_in`` only for one that suspends
-                    waiting = context.run(coro.send, None)
-                except StopIteration:
-                    pass
-                else:
-                    await _run_in(context, coro, waiting)
-            except OSError:
-                self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
-                return
-            except Exception as exc:
-                self.fail(exc)
-                return
-            finally:
-                self._send_started = None
-                self._own_send = False
-            if self.error is not None or self.stop_reason == STOP_DISCONNECT:
-                return  # a send that could not be cancelled returned after its deadline or the disconnect
-            # (the counts of _send_here, inline: this runs once per stream per published event)
-            sb.inflight = 0
-            self.sent_bytes += len(body)
-            self.sends += 1
-            sb.sent_events += 1
-            if sb.clock.turn != turn:
-                sb.slow = True
-            if self.ping_when_idle:
-                self._last_send = loop.time()
-            if self.stats is not None and self._stats_timer is None:
-                self._arm_stats()
-            while len(sb) and not sb.slow and self.stop_reason is None and self.error is None:
-                await self._send_here(sb.take(), -1, self.context)
-            if len(sb) or sb.closing:
-                sb.notify()  # the writer task takes what is left, or ends the stream
+            while rest is not None:
+                await rest
+                rest = self._drain_here()
         except asyncio.CancelledError:
             if not self._send_cut:
                 raise
@@ -496,17 +478,34 @@ class StreamWriter:
         if len(sb) or sb.closing:
             sb.notify()
 
-    async def _send_here(self, body: bytes, events: int, context: contextvars.Context | None) -> None:
-        """Send ``body`` in the calling task with the writer's deadline, counts and stop rules.
+    def _start_send(self, body: bytes, events: int, context: contextvars.Context | None) -> Awaitable[None] | None:
+        """Start the send of ``body`` in the calling task, with the writer's deadline, counts and stop rules.
 
-        ``events``: how many events it carries (``-1``: the buffer's last ``take()``,
-        counted by ``room_made``). ``context``: run the server's ``send()`` in it (a
-        fan-out sends for many streams from one task), or ``None``: the caller's.
+        The server's ``send()`` takes its first step here (``_encoder.first_step``):
+        a send that does not suspend costs no coroutine of ours.
+
+        Args:
+            body: the bytes of the ``http.response.body`` message.
+            events: how many events it carries; ``-1``: the buffer's last
+                ``take()`` (counted by ``room_made``).
+            context: the stream's context, for a fan-out's send (it sends for
+                many streams from one task); ``None``: the producer's own send,
+                in its task and context (then a stop that waited for the send
+                interrupts the producer, and the writer is notified of pings that
+                came meanwhile; a fan-out drains them itself: ``_drain_here``).
+
+        Returns:
+            ``None`` when the send completed, or failed (the stream is then
+            stopped), in this call; else an awaitable that the caller must
+            await at once, in the same task, to finish it.
+
+        Raises:
+            A ``BaseException`` that is not an ``Exception`` (a cancellation)
+            raised by ``send()`` itself.
         """
         sb = self.buffer
         loop = self.loop
-        size = len(body)
-        sb.inflight = size
+        sb.inflight = len(body)
         self._own_send = True
         turn = sb.clock.stamp(loop)  # a later turn after the send: it suspended
         timeout = self.send_timeout
@@ -514,15 +513,33 @@ class StreamWriter:
             self._send_started = loop.time()
             if self._deadline is None:
                 self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
-        message = {"type": "http.response.body", "body": body, "more_body": True}
         try:
-            if context is None:
-                await self.send(message)
+            aw = self.send({"type": "http.response.body", "body": body, "more_body": True})
+            if type(aw) is not types.CoroutineType:
+                aw = aw.__await__()  # a future, or another awaitable: its iterator
+            waiting = _encoder.first_step(aw, context)
+        except BaseException as exc:
+            self._send_started = None
+            self._own_send = False
+            if isinstance(exc, OSError):
+                self.stop(STOP_DISCONNECT)  # ASGI 2.4: send() raises OSError once the client is gone
+            elif isinstance(exc, Exception):
+                self.fail(exc)
             else:
-                await _run_in(context, self.send(message))
+                raise
+            return None
+        if waiting is _encoder.SENT:
+            self._send_done(len(body), events, turn, context)
+            return None
+        return self._finish_send(aw, waiting, len(body), events, turn, context)
+
+    async def _finish_send(self, aw: Any, waiting: Any, size: int, events: int, turn: int,
+                           context: contextvars.Context | None) -> None:
+        # the rest of a send that suspended (``_start_send``)
+        try:
+            await _run_in(context, aw, waiting)
         except OSError:
-            # ASGI 2.4: send() raises OSError once the client is gone
-            self.stop(STOP_DISCONNECT)
+            self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
             return
         except Exception as exc:
             self.fail(exc)
@@ -530,8 +547,17 @@ class StreamWriter:
         finally:
             self._send_started = None
             self._own_send = False
+        self._send_done(size, events, turn, context)
+
+    def _send_done(self, size: int, events: int, turn: int, context: contextvars.Context | None) -> None:
+        # a send started by ``_start_send`` completed: count it (see its docstring for ``context``)
+        self._send_started = None
+        self._own_send = False
+        if context is None and self.stop_reason is not None:
+            self._interrupt_producer()  # a shutdown that waited for the producer's own send
         if self.error is not None or self.stop_reason == STOP_DISCONNECT:
             return  # a send that could not be cancelled returned after its deadline or the disconnect
+        sb = self.buffer
         sb.inflight = 0
         self.sent_bytes += size
         self.sends += 1
@@ -542,11 +568,11 @@ class StreamWriter:
         if sb.clock.turn != turn:
             sb.slow = True  # the send suspended: the client is slower than the producer or publisher
         if self.ping_when_idle:
-            self._last_send = loop.time()
+            self._last_send = self.loop.time()
         if self.stats is not None and self._stats_timer is None:
             self._arm_stats()
-        if len(sb) or sb.closing:
-            sb.notify()  # pings or events that came meanwhile; or the end, which waited for this send
+        if context is None and (len(sb) or sb.closing):
+            sb.notify()  # pings that came meanwhile; or the end, which waited for this send
 
     # -- the writer task ------------------------------------------------------
 
@@ -603,8 +629,8 @@ class StreamWriter:
 
     # -- the producer, in the response's task ----------------------------------
 
-    async def _send_own(self) -> None:
-        """Send the buffer (the one event just produced) in the producer's task (``StreamBuffer.sender``).
+    def _send_own(self) -> Awaitable[None] | None:
+        """Start sending the buffer (the one event just produced) in the producer's task (``StreamBuffer.sender``).
 
         Called by ``_encoder.produce`` when the writer is idle and the producer
         awaited since its previous event: the event leaves at once, in the
@@ -613,10 +639,12 @@ class StreamWriter:
         (one event is in flight) and sets ``sb.slow`` so that what follows is
         batched by the writer task. A shutdown waits for it; then the producer
         is cancelled.
+
+        Returns:
+            ``None`` when the send completed in this call, else the awaitable
+            that the producer awaits at once to finish it.
         """
-        await self._send_here(self.buffer.take(), -1, None)
-        if self.stop_reason is not None:
-            self._interrupt_producer()  # a shutdown that waited for this send
+        return self._start_send(self.buffer.take(), -1, None)
 
     async def run(self, start: dict[str, Any], iterator: Any) -> None:
         """Send ``start``, stream ``iterator``, end the body; return when done or stopped.
@@ -687,9 +715,13 @@ class StreamWriter:
 _NOT_STARTED = object()
 
 
+def _direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 @types.coroutine
 def _run_in(context: contextvars.Context, coro: Any, waiting: Any = _NOT_STARTED) -> Any:
-    """``await coro`` with each of its steps run in ``context`` (the stream's, not the calling task's).
+    """``await coro`` with each of its steps run in ``context`` (the stream's, not the calling task's; ``None``: the task's).
 
     A generator-based coroutine: what ``coro`` yields goes to the calling
     task as it is, what the task sends or throws in goes back to ``coro``, as
@@ -697,7 +729,7 @@ def _run_in(context: contextvars.Context, coro: Any, waiting: Any = _NOT_STARTED
     only, never for user code, and from start to end in one task (so a cancel
     scope or a timeout inside ``send`` is entered and left in the same task).
     """
-    run = context.run
+    run = _direct if context is None else context.run
     if waiting is _NOT_STARTED:
         try:
             waiting = run(coro.send, None)

@@ -78,7 +78,8 @@ def load_twin(name: str):
     return importlib.import_module("sse_fast._encoder_c")  # ImportError fails the test
 
 
-_NAMES = ("EventBuffer", "StreamBuffer", "encode_fields", "encode_item", "ensure_bytes", "check_sep", "produce", "LoopTurns")
+_NAMES = ("EventBuffer", "StreamBuffer", "encode_fields", "encode_item", "ensure_bytes", "check_sep", "produce", "LoopTurns",
+          "first_step")
 
 
 @pytest.fixture(params=twin_params())

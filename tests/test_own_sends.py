@@ -281,3 +281,87 @@ def test_cancel_scope_in_a_send_wrapper_enters_and_exits_in_one_task(impl):
 
     rec = asyncio.run(main())
     assert rec.body == expected_numbers(n)
+
+
+# ---------------------------------------------------------------- first_step (both twins)
+def test_first_step_returns_sent_for_a_send_that_completes(impl):
+    log = []
+
+    async def send():
+        log.append("ran")
+        return 42
+
+    coro = send()
+    assert impl.first_step(coro, None) is impl.SENT
+    assert log == ["ran"]
+    assert impl.SENT is __import__("sse_fast._encoder_py", fromlist=["SENT"]).SENT  # one sentinel for both twins
+
+
+def test_first_step_hands_on_what_the_send_yields_and_runs_in_the_context(impl):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="task's")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "stream's")
+    seen = []
+
+    class Yield:
+        def __await__(self):
+            return (yield "waiting")
+
+    async def send():
+        seen.append(var.get())
+        got = await Yield()
+        seen.append((var.get(), got))
+
+    coro = send()
+    assert impl.first_step(coro, ctx) == "waiting"
+    assert seen == ["stream's"]
+    assert var.get() == "task's"  # the context was left again
+    with pytest.raises(StopIteration):
+        ctx.run(coro.send, "resumed")
+    assert seen == ["stream's", ("stream's", "resumed")]
+
+
+def test_first_step_raises_what_the_send_raises_and_leaves_the_context(impl):
+    import contextvars
+
+    ctx = contextvars.copy_context()
+
+    async def send():
+        raise OSError("gone")
+
+    with pytest.raises(OSError, match="gone"):
+        impl.first_step(send(), ctx)
+    ctx.run(lambda: None)  # entered once more: it was exited after the error
+
+
+def test_a_send_that_returns_a_future_is_awaited(impl):
+    """An ASGI ``send`` need not be a coroutine function: one that returns a future works too."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        bodies = []
+
+        def send(message):
+            fut = loop.create_future()
+            if message["type"] == "http.response.body" and message["body"]:
+                bodies.append(message["body"])
+            loop.call_soon(fut.set_result, None)
+            return fut
+
+        async def gen():
+            for i in range(3):
+                await asyncio.sleep(0)
+                yield {"data": str(i)}
+
+        never = loop.create_future()
+
+        async def receive():
+            await never
+
+        with anyio.fail_after(GUARD):
+            await EventSourceResponse(gen(), ping=0)(scope(), receive, send)
+        return bodies
+
+    assert b"".join(asyncio.run(main())) == b"data: 0\r\n\r\ndata: 1\r\n\r\ndata: 2\r\n\r\n"

@@ -49,7 +49,7 @@ class FanOut:
 
     def add(self, writer: Any, body: bytes) -> None:
         """Send ``body`` to ``writer``'s stream soon; ``writer.idle`` must be true (it is claimed here)."""
-        # (StreamWriter.claim_send, inlined: once per subscriber per event)
+        # the claim (see StreamWriter.send_claimed)
         writer.buffer.inflight = len(body)
         writer._own_send = True
         self.queue.append((writer, body))
@@ -85,7 +85,9 @@ class FanOut:
         try:
             while q and me in workers:
                 writer, body = q.popleft()
-                await writer.send_claimed(body, self, me)
+                rest = writer.send_claimed(body, self, me)
+                if rest is not None:
+                    await rest  # suspended in this send: _check hands the rest of the queue to others
         except BaseException:
             # cancelled by someone else (the loop is closing): no claim may stay pending
             workers.discard(me)
