@@ -15,7 +15,9 @@ from cpython.ref cimport Py_XDECREF
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy, memchr
 
-from ._encoder_py import retry_type_error, SENT
+from types import CoroutineType as _COROUTINE
+
+from ._encoder_py import retry_type_error, SENT, PHASES
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -28,7 +30,7 @@ cdef extern from "Python.h":
 
 __all__ = [
     "SEPARATORS", "EventBuffer", "encode_fields", "encode_item", "check_sep", "set_event_class",
-    "ensure_bytes", "StreamBuffer", "LoopTurns", "produce", "SENT", "first_step",
+    "ensure_bytes", "StreamBuffer", "LoopTurns", "produce", "SENT", "first_step", "PHASES",
 ]
 
 SEPARATORS = ("\r\n", "\r", "\n")
@@ -486,57 +488,6 @@ def ensure_bytes(data, sep):
     return encode_item_c(data, <str>sep)
 
 
-cdef class StreamBuffer(EventBuffer):
-    """An ``EventBuffer`` shared by one stream's producer and writer task (see ``_encoder_py.StreamBuffer``)."""
-    cdef public Py_ssize_t high
-    cdef public Py_ssize_t inflight
-    cdef public object wake
-    cdef public object room
-    cdef public bint closing
-    cdef public object loop
-    cdef public Py_ssize_t sent_events
-    cdef public Py_ssize_t sent_pings
-    cdef public object clock
-    cdef public Py_ssize_t stamp
-    cdef public bint slow
-    cdef public object sender
-
-    def __init__(self, sep="\r\n", high=65536, loop=None):
-        self.sep = check_sep(sep)
-        self.high = high
-        self.inflight = 0
-        self.wake = None
-        self.room = None
-        self.closing = False
-        self.loop = loop
-        self.sent_events = 0
-        self.sent_pings = 0
-        self.clock = None
-        self.stamp = -1
-        self.slow = False
-        self.sender = None
-
-    cpdef notify(self):
-        """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
-        cdef object fut = self.wake
-        if fut is not None:
-            self.wake = None
-            if not fut.done():
-                fut.set_result(None)
-
-    cpdef room_made(self):
-        """The send of the last ``take()`` completed: count its events and pings, wake the producer if it awaits room."""
-        cdef object fut = self.room
-        self.sent_events += self.last_events
-        self.sent_pings += self.last_pings
-        self.last_events = 0
-        self.last_pings = 0
-        if fut is not None:
-            self.room = None
-            if not fut.done():
-                fut.set_result(None)
-
-
 cdef class LoopTurns:
     """Counts the turns of one event loop, for whoever needs to know that its task suspended.
 
@@ -564,11 +515,183 @@ cdef class LoopTurns:
         return self.turn
 
 
-def first_step(awaitable, context):
-    """Run the first step of ``awaitable`` in the calling task (see ``_encoder_py.first_step``).
+cdef enum:
+    # the stream writer's phases (``_encoder_py.PHASES``)
+    PH_STARTING = 0
+    PH_PRODUCING = 1
+    PH_DONE = 4
 
-    ``PyIter_Send``: a send that completes returns without a ``StopIteration``.
-    """
+
+cdef class StreamBuffer(EventBuffer):
+    """An ``EventBuffer`` shared by one stream's producer and writer task (see ``_encoder_py.StreamBuffer``)."""
+    cdef public Py_ssize_t high
+    cdef public Py_ssize_t inflight
+    cdef public object wake
+    cdef public object room
+    cdef public bint closing
+    cdef public object loop
+    cdef public Py_ssize_t sent_events
+    cdef public Py_ssize_t sent_pings
+    cdef public object clock
+    cdef public Py_ssize_t stamp
+    cdef public bint slow
+    cdef public object send
+    cdef public object context
+    cdef public bint own_send
+    cdef public int phase
+    cdef public bint stopped
+    cdef public bint cut
+    cdef public Py_ssize_t sent_bytes
+    cdef public Py_ssize_t sends
+    cdef public object send_started
+    cdef public object on_start
+    cdef public object on_sent
+    cdef public object on_error
+    cdef public object interrupt
+    cdef public object finish
+
+    def __init__(self, sep="\r\n", high=65536, loop=None):
+        self.sep = check_sep(sep)
+        self.high = high
+        self.inflight = 0
+        self.wake = None
+        self.room = None
+        self.closing = False
+        self.loop = loop
+        self.sent_events = 0
+        self.sent_pings = 0
+        self.clock = None
+        self.stamp = -1
+        self.slow = False
+        self.send = None
+        self.context = None
+        self.own_send = False
+        self.phase = PH_STARTING
+        self.stopped = False
+        self.cut = False
+        self.sent_bytes = 0
+        self.sends = 0
+        self.send_started = None
+        self.on_start = None
+        self.on_sent = None
+        self.on_error = None
+        self.interrupt = None
+        self.finish = None
+
+    cpdef notify(self):
+        """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
+        cdef object fut = self.wake
+        if fut is not None:
+            self.wake = None
+            if not fut.done():
+                fut.set_result(None)
+
+    cpdef room_made(self):
+        """The send of the last ``take()`` completed: count its events and pings, wake the producer if it awaits room."""
+        cdef object fut = self.room
+        self.sent_events += self.last_events
+        self.sent_pings += self.last_pings
+        self.last_events = 0
+        self.last_pings = 0
+        if fut is not None:
+            self.room = None
+            if not fut.done():
+                fut.set_result(None)
+
+    cpdef bint claim(self, bytes data):
+        """Reserve the stream's next send for ``data`` if the stream is idle (see ``_encoder_py``)."""
+        if (self.phase == PH_PRODUCING and not self.stopped and self.inflight == 0 and self.buf.size == 0
+                and self.wake is not None and not self.slow and self.send is not None):
+            self.inflight = PyBytes_GET_SIZE(data)
+            self.own_send = True
+            return True
+        return False
+
+    cpdef release_claim(self):
+        """Give up a claim that will not be sent (see ``_encoder_py``)."""
+        self.own_send = False
+        if not self.cut:
+            self.inflight = 0
+        if self.buf.size or self.closing:
+            self.notify()
+
+    cpdef send_claimed(self, bytes data):
+        """Send ``data``, claimed by ``claim``, then what was buffered meanwhile (see ``_encoder_py``)."""
+        cdef object rest
+        if (self.stopped or self.phase != PH_PRODUCING) and (self.cut or self.phase >= PH_DONE):
+            self.release_claim()
+            return None
+        rest = self.start_send(data, 1, self.context)
+        if rest is None:
+            return self.drain()
+        return rest
+
+    cpdef drain(self):
+        """Send what was buffered while a fan-out send was pending, while no send suspends (see ``_encoder_py``)."""
+        cdef object context = self.context
+        cdef object rest
+        while self.buf.size and not self.slow and not self.stopped:
+            rest = self.start_send(self.take(), -1, context)
+            if rest is not None:
+                return rest
+        if self.buf.size or self.closing:
+            self.notify()
+        return None
+
+    cpdef start_send(self, bytes body, Py_ssize_t events, object context):
+        """Start the send of ``body`` in the calling task (see ``_encoder_py.StreamBuffer.start_send``)."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
+        cdef Py_ssize_t turn
+        cdef object aw
+        cdef object waiting
+        self.inflight = size
+        self.own_send = True
+        turn = (<LoopTurns?>self.clock).stamp(self.loop)
+        if self.on_start is not None:
+            self.on_start()
+        try:
+            aw = self.send({"type": "http.response.body", "body": body, "more_body": True})
+            if type(aw) is not _COROUTINE:
+                aw = aw.__await__()
+            waiting = first_step_c(aw, context)
+        except Exception as exc:
+            self.send_started = None
+            self.own_send = False
+            self.on_error(exc)
+            return None
+        except BaseException:
+            self.send_started = None
+            self.own_send = False
+            raise
+        if waiting is SENT:
+            self.send_done(size, events, turn, context)
+            return None
+        return self.finish(aw, waiting, size, events, turn, context)
+
+    cpdef send_done(self, Py_ssize_t size, Py_ssize_t events, Py_ssize_t turn, object context):
+        """A send started by ``start_send`` completed: count it (see ``_encoder_py``)."""
+        self.send_started = None
+        self.own_send = False
+        if self.stopped:
+            self.interrupt()
+        if self.cut:
+            return
+        self.inflight = 0
+        self.sent_bytes += size
+        self.sends += 1
+        if events < 0:
+            self.room_made()
+        else:
+            self.sent_events += events
+        if (<LoopTurns?>self.clock).turn != turn:
+            self.slow = True
+        if self.on_sent is not None:
+            self.on_sent()
+        if context is None and (self.buf.size or self.closing):
+            self.notify()
+
+
+cdef object first_step_c(object awaitable, object context):
     cdef PyObject* result = NULL
     cdef int r
     cdef object value
@@ -587,6 +710,14 @@ def first_step(awaitable, context):
     return SENT
 
 
+def first_step(awaitable, context):
+    """Run the first step of ``awaitable`` in the calling task (see ``_encoder_py.first_step``).
+
+    ``PyIter_Send``: a send that completes returns without a ``StopIteration``.
+    """
+    return first_step_c(awaitable, context)
+
+
 async def produce(iterator, StreamBuffer sb):
     """Consume ``iterator`` with ``async for`` into ``sb``, under the caller's task (see ``_encoder_py.produce``)."""
     try:
@@ -603,13 +734,13 @@ async def produce_loop(iterator, StreamBuffer sb):
     async for item in iterator:
         # see _encoder_py.produce: an awaiting producer's event goes out in this task
         idle = (sb.buf.size == 0 and not sb.slow and sb.inflight == 0 and sb.wake is not None
-                and sb.sender is not None and (<LoopTurns?>sb.clock).turn != sb.stamp)
+                and sb.send is not None and (<LoopTurns?>sb.clock).turn != sb.stamp)
         write_item(&sb.buf, item, sb.sep)
         sb.count += 1
         if sb.clock is not None:
             sb.stamp = (<LoopTurns?>sb.clock).stamp(sb.loop)
         if idle:
-            rest = sb.sender()
+            rest = sb.start_send(sb.take(), -1, None)
             if rest is not None:
                 await rest  # the send suspended: finish it here, as a plain ``await send()`` would
             continue

@@ -13,6 +13,7 @@ on both (``tests/conftest.py``).
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 __all__ = [
@@ -30,7 +31,11 @@ __all__ = [
     "produce",
     "SENT",
     "first_step",
+    "PHASES",
 ]
+
+#: a stream's phases, in order (``StreamBuffer.phase``, the stream writer's)
+STARTING, PRODUCING, FLUSHING, FINAL, DONE = PHASES = tuple(range(5))
 
 _event_class: Any = None
 _event_encode: Any = None
@@ -370,14 +375,27 @@ class StreamBuffer(EventBuffer):
         slow: the producer's last own send suspended (the client is slower
             than the producer): items go to the writer task, which batches
             them, until it has sent everything (issue 16).
-        sender: ``() -> Awaitable | None`` that takes the buffer and starts its
-            send in the calling task (the stream writer's): ``None`` once the
-            send completed in that call, else an awaitable that the caller
-            awaits at once to finish it; or ``None``: always batch.
+        send: the ASGI ``send`` callable for sends outside the writer task
+            (the producer's own, a fan-out's), or ``None``: always batch.
+        context: the stream's ``contextvars.Context`` (a fan-out's sends run in it).
+        own_send: a send outside the writer task is claimed or in flight; the
+            writer task waits for it.
+        phase: the stream writer's phase (``PHASES``); stopped: a stop was
+            requested; cut: a send's completion no longer counts (the stream
+            failed or the client left). All three set by the stream writer.
+        sent_bytes, sends: body bytes and ``http.response.body`` messages whose
+            send completed.
+        send_started: loop time the pending send started, while a
+            ``send_timeout`` applies, else ``None``.
+        on_start, on_sent, on_error, interrupt, finish: the stream writer's
+            hooks (see ``start_send``); ``on_start``/``on_sent`` are ``None``
+            when there is nothing to do (no ``send_timeout``; no stats, no
+            ``ping_when_idle``).
     """
 
     __slots__ = ("high", "inflight", "wake", "room", "closing", "loop", "sent_events", "sent_pings",
-                 "clock", "stamp", "slow", "sender")
+                 "clock", "stamp", "slow", "send", "context", "own_send", "phase", "stopped", "cut",
+                 "sent_bytes", "sends", "send_started", "on_start", "on_sent", "on_error", "interrupt", "finish")
 
     def __init__(self, sep: str = "\r\n", high: int = 65536, loop: Any = None) -> None:
         super().__init__(sep)
@@ -392,7 +410,20 @@ class StreamBuffer(EventBuffer):
         self.clock: Any = None
         self.stamp = -1
         self.slow = False
-        self.sender: Any = None
+        self.send: Any = None
+        self.context: Any = None
+        self.own_send = False
+        self.phase = STARTING
+        self.stopped = False
+        self.cut = False
+        self.sent_bytes = 0
+        self.sends = 0
+        self.send_started: Any = None
+        self.on_start: Any = None
+        self.on_sent: Any = None
+        self.on_error: Any = None
+        self.interrupt: Any = None
+        self.finish: Any = None
 
     def notify(self) -> None:
         """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
@@ -412,6 +443,128 @@ class StreamBuffer(EventBuffer):
             self.room = None
             if not fut.done():
                 fut.set_result(None)
+
+    # -- sends outside the writer task (issue 16) --------------------------------
+
+    def claim(self, data: bytes) -> bool:
+        """Reserve the stream's next send for ``data`` if the stream is idle; return whether it was.
+
+        Idle: producing, not stopped, nothing buffered or in flight, the writer
+        task waiting for data, the client not slow. Claimed, the stream is busy
+        until ``send_claimed``: what comes meanwhile is buffered, and the
+        writer task waits, so the order on the wire is the order of the claims.
+        """
+        if (self.phase == PRODUCING and not self.stopped and not self.inflight and not len(self)
+                and self.wake is not None and not self.slow and self.send is not None):
+            self.inflight = len(data)
+            self.own_send = True
+            return True
+        return False
+
+    def release_claim(self) -> None:
+        """Give up a claim that will not be sent (the fan-out is closing, the stream ended)."""
+        self.own_send = False
+        if not self.cut:
+            self.inflight = 0
+        if len(self) or self.closing:
+            self.notify()
+
+    def send_claimed(self, data: bytes) -> Any:
+        """Send ``data``, claimed by ``claim``, then what was buffered meanwhile, in the calling task.
+
+        Returns ``None`` when all of it completed here, else the awaitable of
+        a send that suspended (``finish``'s), which the caller awaits at once,
+        then calls ``drain``. A stopped stream still sends unless ``cut``
+        (a shutdown flushes).
+        """
+        if (self.stopped or self.phase != PRODUCING) and (self.cut or self.phase >= DONE):
+            self.release_claim()
+            return None
+        rest = self.start_send(data, 1, self.context)
+        if rest is None:
+            return self.drain()
+        return rest
+
+    def drain(self) -> Any:
+        """Send what was buffered while a fan-out send was pending, in the calling task, while no send suspends.
+
+        Returns ``None`` when done (the writer task is notified of what is
+        left, or of the end), else the awaitable of the send that suspended.
+        """
+        context = self.context
+        while len(self) and not self.slow and not self.stopped:
+            rest = self.start_send(self.take(), -1, context)
+            if rest is not None:
+                return rest
+        if len(self) or self.closing:
+            self.notify()
+        return None
+
+    def start_send(self, body: bytes, events: int, context: Any) -> Any:
+        """Start the send of ``body`` in the calling task; the server's ``send()`` takes its first step here.
+
+        Args:
+            body: the bytes of the ``http.response.body`` message.
+            events: how many events it carries; ``-1``: the last ``take()``
+                (counted by ``room_made``).
+            context: the stream's context, for a fan-out's send; ``None``: the
+                producer's own send, in its task (the writer task is then
+                notified of what came meanwhile; a fan-out drains that itself).
+
+        Returns:
+            ``None`` when the send completed, or failed (``on_error`` stopped
+            the stream), in this call; else an awaitable (``finish``'s) that
+            the caller must await at once, in the same task, to finish it.
+
+        Raises:
+            A ``BaseException`` that is not an ``Exception`` (a cancellation)
+            raised by ``send()`` itself.
+        """
+        self.inflight = size = len(body)
+        self.own_send = True
+        turn = self.clock.stamp(self.loop)  # a later turn after the send: it suspended
+        if self.on_start is not None:
+            self.on_start()  # the send deadline
+        try:
+            aw = self.send({"type": "http.response.body", "body": body, "more_body": True})
+            if type(aw) is not _COROUTINE:
+                aw = aw.__await__()  # a future, or another awaitable: its iterator
+            waiting = first_step(aw, context)
+        except Exception as exc:
+            self.send_started = None
+            self.own_send = False
+            self.on_error(exc)
+            return None
+        except BaseException:
+            self.send_started = None
+            self.own_send = False
+            raise
+        if waiting is SENT:
+            self.send_done(size, events, turn, context)
+            return None
+        return self.finish(aw, waiting, size, events, turn, context)
+
+    def send_done(self, size: int, events: int, turn: int, context: Any) -> None:
+        """A send started by ``start_send`` completed: count it (``events``, ``context`` as there)."""
+        self.send_started = None
+        self.own_send = False
+        if self.stopped:
+            self.interrupt()  # a shutdown that waited for this send (``StreamWriter.stop``)
+        if self.cut:
+            return  # a send that could not be cancelled returned after its deadline or the disconnect
+        self.inflight = 0
+        self.sent_bytes += size
+        self.sends += 1
+        if events < 0:
+            self.room_made()
+        else:
+            self.sent_events += events
+        if self.clock.turn != turn:
+            self.slow = True  # the send suspended: the client is slower than the producer or publisher
+        if self.on_sent is not None:
+            self.on_sent()
+        if context is None and (len(self) or self.closing):
+            self.notify()  # pings that came meanwhile; or the end, which waited for this send
 
 
 class LoopTurns:
@@ -443,6 +596,9 @@ class LoopTurns:
             self.pending = True
             loop.call_soon(self._tick)
         return self.turn
+
+
+_COROUTINE = types.CoroutineType
 
 
 class _Sent:
@@ -488,7 +644,7 @@ async def produce(iterator: Any, sb: StreamBuffer) -> None:
 
     An item that finds the writer idle (nothing buffered, nothing in flight,
     the writer task waiting) from a producer that suspended since its last
-    item (``sb.clock`` past ``sb.stamp``) is sent at once by ``sb.sender`` in this task: no
+    item (``sb.clock`` past ``sb.stamp``) is sent at once by ``sb.start_send`` in this task: no
     future, no task woken, as a hand-written ``await send()`` loop (issue 16).
     Any other item is encoded into the buffer and the writer task is notified;
     the writer runs when this task next suspends, so items that are ready
@@ -503,12 +659,12 @@ async def produce(iterator: Any, sb: StreamBuffer) -> None:
     append = sb.append
     async for item in iterator:
         idle = (not len(sb) and not sb.slow and not sb.inflight and sb.wake is not None
-                and sb.sender is not None and sb.clock.turn != sb.stamp)
+                and sb.send is not None and sb.clock.turn != sb.stamp)
         append(item)
         if sb.clock is not None:
             sb.stamp = sb.clock.stamp(sb.loop)
         if idle:
-            rest = sb.sender()
+            rest = sb.start_send(sb.take(), -1, None)
             if rest is not None:
                 await rest  # the send suspended: finish it here, as a plain ``await send()`` would
             continue

@@ -46,6 +46,7 @@ from typing import Any
 import anyio
 
 from . import _encoder
+from ._encoder_py import PHASES
 
 __all__ = ["SendTimeoutError", "StreamWriter", "DEFAULT_MAX_BUFFER_BYTES", "STOP_DISCONNECT", "STOP_SHUTDOWN",
            "STOP_ERROR", "send_within", "end_reason"]
@@ -66,7 +67,7 @@ STATS_FLUSH_SECONDS = 1.0
 SHUTDOWN_FLUSH_SECONDS = 1.0
 
 # the phases of a stream, in order
-_STARTING, _PRODUCING, _FLUSHING, _FINAL, _DONE = range(5)
+_STARTING, _PRODUCING, _FLUSHING, _FINAL, _DONE = PHASES
 
 
 class SendTimeoutError(TimeoutError):
@@ -188,17 +189,13 @@ class StreamWriter:
         "_flushed",
         "_stats_timer",
         "error",
-        "sent_bytes",
-        "sends",
         "disconnect_seen",
         "_scope",
         "_ping_handle",
         "_next_ping",
         "_last_send",
         "_deadline",
-        "_send_started",
         "_flush_deadline",
-        "_own_send",
         "_send_task",
         "_send_cut",
         "context",
@@ -240,9 +237,6 @@ class StreamWriter:
         self._stats_timer: asyncio.TimerHandle | None = None
         #: the failure (of a send, a ping factory) that the response raises
         self.error: BaseException | None = None
-        #: body bytes and ``http.response.body`` messages sent by the writer task
-        self.sent_bytes = 0
-        self.sends = 0
         #: the disconnect listener received ``http.disconnect`` (its handler may be running)
         self.disconnect_seen = False
         self._scope: anyio.CancelScope | None = None  # around the current phase's awaits in ``task``
@@ -250,15 +244,21 @@ class StreamWriter:
         self._next_ping = 0.0
         self._last_send = 0.0
         self._deadline: asyncio.TimerHandle | None = None
-        self._send_started: float | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
-        # a send of this stream's is claimed or in flight outside the writer task: the producer's
-        # own (``_send_own``) or a broadcast fan-out's (``FanOut.add``); the writer task waits for it
-        self._own_send = False
         self._send_task: Any = None  # (fan-out task, its FanOut) in such a send, to cancel on a disconnect
         self._send_cut = False  # that task was cancelled by this stream's stop (not by anyone else)
-        self.buffer.sender = self._send_own
-        self.buffer.clock = loop_turns(loop)
+        sb = self.buffer
+        sb.clock = loop_turns(loop)
+        # sends outside the writer task (the producer's own, a fan-out's) run in the buffer
+        # (compiled where built); these hooks are the parts that stay here
+        sb.send = send
+        sb.on_error = self._send_error
+        sb.interrupt = self._interrupt_producer
+        sb.finish = self._finish_send
+        if send_timeout is not None:
+            sb.on_start = self._timed_start
+        if ping_when_idle or stats is not None:
+            sb.on_sent = self._after_send
         #: the context the writer task runs in (a copy of the response's), also for inline sends
         self.context: contextvars.Context | None = None
 
@@ -275,6 +275,7 @@ class StreamWriter:
         """
         if self.stop_reason is None or reason == STOP_DISCONNECT:
             self.stop_reason = reason
+            self._sync()
         phase = self.phase
         if self.first_stop is None and phase < _DONE:
             self.first_stop = reason
@@ -283,8 +284,8 @@ class StreamWriter:
             if self.send_timeout is not None:
                 bound = min(bound, self.send_timeout)
             self._flush_deadline = self.loop.call_later(bound, self.stop, STOP_DISCONNECT)
-        if phase == _PRODUCING and not (self._own_send and reason == STOP_SHUTDOWN):
-            # (a shutdown lets the producer's own send complete: ``_send_own`` stops it then)
+        if phase == _PRODUCING and not (self.buffer.own_send and reason == STOP_SHUTDOWN):
+            # (a shutdown lets a send outside the writer task complete: ``send_done`` stops it then)
             self._interrupt_producer()
         if reason == STOP_DISCONNECT:
             self._cancel_writer()
@@ -296,9 +297,17 @@ class StreamWriter:
         """End the stream with ``exc`` (raised by the response once cleaned up)."""
         if self.error is None:
             self.error = exc
+            self._sync()
         self.stop(STOP_ERROR)
         self._cancel_writer()
         self._cut_foreign_send()
+
+    def _sync(self) -> None:
+        # the buffer's copy of what its sends outside the writer task need to know
+        sb = self.buffer
+        sb.phase = self.phase
+        sb.stopped = self.stop_reason is not None
+        sb.cut = self.error is not None or self.stop_reason == STOP_DISCONNECT
 
     def _cut_foreign_send(self) -> None:
         # a fan-out task in this stream's send: the rest of its round moves to a new task
@@ -359,7 +368,7 @@ class StreamWriter:
 
     def _on_deadline(self) -> None:
         self._deadline = None
-        started = self._send_started
+        started = self.buffer.send_started
         if started is None:
             return  # no send pending: disarmed until the next one
         due = started + self.send_timeout  # type: ignore[operator]
@@ -372,6 +381,7 @@ class StreamWriter:
     def close(self) -> None:
         """Disarm the timers and cancel the writer task (the stream is over)."""
         self.phase = _DONE
+        self._sync()
         if self._ping_handle is not None:
             self._ping_handle.cancel()
             self._ping_handle = None
@@ -395,7 +405,7 @@ class StreamWriter:
             timer.cancel()  # a no-op when it is the timer calling
             self._stats_timer = None
         sb = self.buffer
-        now = (self.sends, self.sent_bytes, sb.sent_events, sb.sent_pings)
+        now = (sb.sends, sb.sent_bytes, sb.sent_events, sb.sent_pings)
         sends, nbytes, events, pings = (a - b for a, b in zip(now, self._flushed, strict=True))
         if sends:
             self._flushed = now
@@ -404,175 +414,82 @@ class StreamWriter:
     # -- sends from other tasks: the producer's own, a broadcast fan-out's --------
 
     @property
+    def sent_bytes(self) -> int:
+        """Body bytes whose send completed (pings included)."""
+        return self.buffer.sent_bytes
+
+    @property
+    def sends(self) -> int:
+        """``http.response.body`` messages with data whose send completed."""
+        return self.buffer.sends
+
+    @property
     def idle(self) -> bool:
         """Streaming, nothing buffered, no send in flight or claimed, and the writer task waiting for data."""
         sb = self.buffer
         return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
 
-    def send_claimed(self, body: bytes, fanout: Any, task: asyncio.Task[Any]) -> Awaitable[None] | None:
-        """Start sending ``body`` (one event) from ``task``, ``fanout``'s worker (the caller).
+    # The buffer's ``start_send`` sends from the calling task (the producer's
+    # own send, a fan-out's: issue 16); these are the hooks it calls.
 
-        The stream was claimed while ``idle`` (``FanOut.add``: ``buffer.inflight``
-        set, ``_own_send`` true): until this send ends, what comes is buffered
-        for the writer task, which waits for it, so the order on the wire is
-        the order of the claims. The send runs in this stream's context (the
-        writer task's copy of the request's), from start to end in ``task``;
-        the deadline, the counts and the stop requests are the stream's. What
-        was buffered meanwhile is sent next, from here too, unless a send
-        suspended (a slow client: its writer task batches then).
+    def _timed_start(self) -> None:
+        # ``StreamBuffer.on_start`` (with a send_timeout): the deadline of the send starting now
+        loop = self.loop
+        started = self.buffer.send_started = loop.time()
+        if self._deadline is None:
+            self._deadline = loop.call_at(started + self.send_timeout, self._on_deadline)  # type: ignore[operator]
 
-        Returns:
-            ``None`` when all of it completed in this call (the usual case),
-            else an awaitable that ``task`` must await at once to finish it.
+    def _after_send(self) -> None:
+        # ``StreamBuffer.on_sent`` (with ping_when_idle or stats): a send completed
+        if self.ping_when_idle:
+            self._last_send = self.loop.time()
+        if self.stats is not None and self._stats_timer is None:
+            self._arm_stats()
 
-        Never raises for the stream's own failures (they end this stream, not
-        the fan-out); a cancellation of ``task`` by anyone else propagates.
-        """
-        if self.stop_reason is not None or self.error is not None or self.phase != _PRODUCING:
-            if self.stop_reason == STOP_DISCONNECT or self.error is not None or self.phase >= _DONE:
-                self._release_claim()
-                return None
-        rest = self._start_send(body, 1, self.context)
-        if rest is None:
-            rest = self._drain_here()
-            if rest is None:
-                return None
-        return self._finish_claimed(rest, fanout, task)
+    def _send_error(self, exc: Exception) -> None:
+        # ``StreamBuffer.on_error``: a send outside the writer task failed
+        if isinstance(exc, OSError):
+            self.stop(STOP_DISCONNECT)  # ASGI 2.4: send() raises OSError once the client is gone
+        else:
+            self.fail(exc)
 
-    def _drain_here(self) -> Awaitable[None] | None:
-        """After a fan-out send: send what was buffered meanwhile, in the calling task, while no send suspends.
-
-        Returns ``None`` when done (the writer task is notified of what is
-        left or of the end), else the pending send's awaitable.
-        """
+    async def _finish_send(self, aw: Any, waiting: Any, size: int, events: int, turn: int,
+                           context: contextvars.Context | None) -> None:
+        """``StreamBuffer.finish``: the rest of a send that suspended in its first step, in the same task."""
         sb = self.buffer
-        context = self.context
-        while len(sb) and not sb.slow and self.stop_reason is None and self.error is None:
-            rest = self._start_send(sb.take(), -1, context)
-            if rest is not None:
-                return rest
-        if len(sb) or sb.closing:
-            sb.notify()  # the writer task takes what is left, or ends the stream
-        return None
+        try:
+            await _run_in(context, aw, waiting)
+        except Exception as exc:
+            sb.send_started = None
+            sb.own_send = False
+            self._send_error(exc)
+            return
+        except BaseException:
+            sb.send_started = None
+            sb.own_send = False
+            raise
+        sb.send_done(size, events, turn, context)
 
     async def _finish_claimed(self, rest: Awaitable[None] | None, fanout: Any, task: asyncio.Task[Any]) -> None:
-        # a fan-out send suspended: finish it (a disconnect or the deadline may cut it), then drain
+        """A fan-out's send for this stream suspended in ``task`` (the caller): finish it, then drain the buffer.
+
+        A disconnect or the send deadline cancels it (``_cut_foreign_send``);
+        that cancellation ends here and the fan-out goes on. A cancellation of
+        ``task`` by anyone else propagates.
+        """
         self._send_task = (task, fanout)
         self._send_cut = False
+        sb = self.buffer
         try:
             while rest is not None:
                 await rest
-                rest = self._drain_here()
+                rest = sb.drain()
         except asyncio.CancelledError:
             if not self._send_cut:
                 raise
             task.uncancel()  # cancelled by this stream's stop: the fan-out goes on
         finally:
             self._send_task = None
-
-    def _release_claim(self) -> None:
-        self._own_send = False
-        sb = self.buffer
-        if self.error is None and self.stop_reason != STOP_DISCONNECT:
-            sb.inflight = 0
-        if len(sb) or sb.closing:
-            sb.notify()
-
-    def _start_send(self, body: bytes, events: int, context: contextvars.Context | None) -> Awaitable[None] | None:
-        """Start the send of ``body`` in the calling task, with the writer's deadline, counts and stop rules.
-
-        The server's ``send()`` takes its first step here (``_encoder.first_step``):
-        a send that does not suspend costs no coroutine of ours.
-
-        Args:
-            body: the bytes of the ``http.response.body`` message.
-            events: how many events it carries; ``-1``: the buffer's last
-                ``take()`` (counted by ``room_made``).
-            context: the stream's context, for a fan-out's send (it sends for
-                many streams from one task); ``None``: the producer's own send,
-                in its task and context (then a stop that waited for the send
-                interrupts the producer, and the writer is notified of pings that
-                came meanwhile; a fan-out drains them itself: ``_drain_here``).
-
-        Returns:
-            ``None`` when the send completed, or failed (the stream is then
-            stopped), in this call; else an awaitable that the caller must
-            await at once, in the same task, to finish it.
-
-        Raises:
-            A ``BaseException`` that is not an ``Exception`` (a cancellation)
-            raised by ``send()`` itself.
-        """
-        sb = self.buffer
-        loop = self.loop
-        sb.inflight = len(body)
-        self._own_send = True
-        turn = sb.clock.stamp(loop)  # a later turn after the send: it suspended
-        timeout = self.send_timeout
-        if timeout is not None:
-            self._send_started = loop.time()
-            if self._deadline is None:
-                self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
-        try:
-            aw = self.send({"type": "http.response.body", "body": body, "more_body": True})
-            if type(aw) is not types.CoroutineType:
-                aw = aw.__await__()  # a future, or another awaitable: its iterator
-            waiting = _encoder.first_step(aw, context)
-        except BaseException as exc:
-            self._send_started = None
-            self._own_send = False
-            if isinstance(exc, OSError):
-                self.stop(STOP_DISCONNECT)  # ASGI 2.4: send() raises OSError once the client is gone
-            elif isinstance(exc, Exception):
-                self.fail(exc)
-            else:
-                raise
-            return None
-        if waiting is _encoder.SENT:
-            self._send_done(len(body), events, turn, context)
-            return None
-        return self._finish_send(aw, waiting, len(body), events, turn, context)
-
-    async def _finish_send(self, aw: Any, waiting: Any, size: int, events: int, turn: int,
-                           context: contextvars.Context | None) -> None:
-        # the rest of a send that suspended (``_start_send``)
-        try:
-            await _run_in(context, aw, waiting)
-        except OSError:
-            self.stop(STOP_DISCONNECT)  # ASGI 2.4: the client is gone
-            return
-        except Exception as exc:
-            self.fail(exc)
-            return
-        finally:
-            self._send_started = None
-            self._own_send = False
-        self._send_done(size, events, turn, context)
-
-    def _send_done(self, size: int, events: int, turn: int, context: contextvars.Context | None) -> None:
-        # a send started by ``_start_send`` completed: count it (see its docstring for ``context``)
-        self._send_started = None
-        self._own_send = False
-        if context is None and self.stop_reason is not None:
-            self._interrupt_producer()  # a shutdown that waited for the producer's own send
-        if self.error is not None or self.stop_reason == STOP_DISCONNECT:
-            return  # a send that could not be cancelled returned after its deadline or the disconnect
-        sb = self.buffer
-        sb.inflight = 0
-        self.sent_bytes += size
-        self.sends += 1
-        if events < 0:
-            sb.room_made()  # counts the take()'s events
-        else:
-            sb.sent_events += events
-        if sb.clock.turn != turn:
-            sb.slow = True  # the send suspended: the client is slower than the producer or publisher
-        if self.ping_when_idle:
-            self._last_send = self.loop.time()
-        if self.stats is not None and self._stats_timer is None:
-            self._arm_stats()
-        if context is None and (len(sb) or sb.closing):
-            sb.notify()  # pings that came meanwhile; or the end, which waited for this send
 
     # -- the writer task ------------------------------------------------------
 
@@ -584,10 +501,10 @@ class StreamWriter:
         stats = self.stats
         try:
             while True:
-                if not len(sb) or self._own_send:
-                    if sb.closing and not len(sb) and not self._own_send:
+                if not len(sb) or sb.own_send:
+                    if sb.closing and not len(sb) and not sb.own_send:
                         return
-                    # (while the producer's own send is in flight, a ping waits for it to end)
+                    # (while a send outside this task is in flight, a ping waits for it to end)
                     fut = sb.wake = loop.create_future()
                     try:
                         await fut
@@ -598,16 +515,16 @@ class StreamWriter:
                 size = len(body)
                 sb.inflight = size
                 if timeout is not None:
-                    self._send_started = loop.time()
+                    started = sb.send_started = loop.time()
                     if self._deadline is None:
-                        self._deadline = loop.call_at(self._send_started + timeout, self._on_deadline)
+                        self._deadline = loop.call_at(started + timeout, self._on_deadline)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                self._send_started = None
+                sb.send_started = None
                 if self.error is not None or self.stop_reason == STOP_DISCONNECT:
                     return  # a send that could not be cancelled returned after its deadline or the disconnect
                 sb.inflight = 0
-                self.sent_bytes += size
-                self.sends += 1
+                sb.sent_bytes += size
+                sb.sends += 1
                 if self.ping_when_idle:
                     self._last_send = loop.time()
                 sb.room_made()  # also counts the batch's events and pings
@@ -625,26 +542,9 @@ class StreamWriter:
         except Exception as exc:
             self.fail(exc)
         finally:
-            self._send_started = None
+            sb.send_started = None
 
     # -- the producer, in the response's task ----------------------------------
-
-    def _send_own(self) -> Awaitable[None] | None:
-        """Start sending the buffer (the one event just produced) in the producer's task (``StreamBuffer.sender``).
-
-        Called by ``_encoder.produce`` when the writer is idle and the producer
-        awaited since its previous event: the event leaves at once, in the
-        task that made it, with no future and no task woken (issue 16). A send
-        that suspends holds the producer as a plain ``await send()`` does
-        (one event is in flight) and sets ``sb.slow`` so that what follows is
-        batched by the writer task. A shutdown waits for it; then the producer
-        is cancelled.
-
-        Returns:
-            ``None`` when the send completed in this call, else the awaitable
-            that the producer awaits at once to finish it.
-        """
-        return self._start_send(self.buffer.take(), -1, None)
 
     async def run(self, start: dict[str, Any], iterator: Any) -> None:
         """Send ``start``, stream ``iterator``, end the body; return when done or stopped.
@@ -663,7 +563,7 @@ class StreamWriter:
         with self._enter(_STARTING):
             await self.send(start)
         if self.stop_reason is None:
-            self.context = contextvars.copy_context()
+            self.context = sb.context = contextvars.copy_context()
             self.writer_task = self.loop.create_task(self._write_loop(), context=self.context)
             self._arm_ping()
             with self._enter(_PRODUCING):
@@ -672,6 +572,7 @@ class StreamWriter:
                 except Exception as exc:
                     failure = exc
             self.phase = _FLUSHING
+            self._sync()
             self._scope = None
             sb.closing = True
             sb.notify()
@@ -693,11 +594,13 @@ class StreamWriter:
             pass  # the client left meanwhile
         finally:
             self.phase = _DONE
+            self._sync()
             self._scope = None
 
     def _enter(self, phase: int) -> anyio.CancelScope:
         """A cancel scope for ``phase``; one per phase, never one per event."""
         self.phase = phase
+        self._sync()
         scope = self._scope = anyio.CancelScope()
         if self.stop_reason is not None and (phase == _PRODUCING or self.stop_reason == STOP_DISCONNECT):
             scope.cancel()  # stopped meanwhile

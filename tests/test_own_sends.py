@@ -365,3 +365,129 @@ def test_a_send_that_returns_a_future_is_awaited(impl):
         return bodies
 
     assert b"".join(asyncio.run(main())) == b"data: 0\r\n\r\ndata: 1\r\n\r\ndata: 2\r\n\r\n"
+
+
+# ---------------------------------------------------------------- the buffer's send path (both twins)
+def _wired_buffer(impl, loop, send):
+    """A ``StreamBuffer`` wired as the stream writer wires it, with recording hooks."""
+    from sse_fast._encoder_py import PRODUCING
+
+    sb = impl.StreamBuffer("\r\n", 65536, loop)
+    sb.clock = impl.LoopTurns()
+    sb.send = send
+    sb.phase = PRODUCING
+    sb.wake = loop.create_future()  # the writer task waits for data
+    log = []
+    sb.on_error = lambda exc: log.append(("error", exc))
+    sb.interrupt = lambda: log.append(("interrupt",))
+
+    async def finish(aw, waiting, size, events, turn, context):
+        log.append(("finish", size, events))
+
+    sb.finish = finish
+    return sb, log
+
+
+def test_claim_only_an_idle_stream(impl):
+    from sse_fast._encoder_py import FLUSHING
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def send(message):
+            pass
+
+        sb, _ = _wired_buffer(impl, loop, send)
+        assert sb.claim(b"data: a\r\n\r\n") and sb.inflight == 11 and sb.own_send
+        assert not sb.claim(b"x")  # claimed: busy
+        sb.release_claim()
+        assert sb.inflight == 0 and not sb.own_send
+        for busy in ("slow", "stopped", "phase", "buffered", "writer running"):
+            sb, _ = _wired_buffer(impl, loop, send)
+            if busy == "slow":
+                sb.slow = True
+            elif busy == "stopped":
+                sb.stopped = True
+            elif busy == "phase":
+                sb.phase = FLUSHING
+            elif busy == "buffered":
+                sb.append({"data": "b"})
+            else:
+                sb.wake = None
+            assert not sb.claim(b"data: a\r\n\r\n"), busy
+            assert sb.inflight == 0 and not sb.own_send, busy
+
+    asyncio.run(main())
+
+
+def test_send_claimed_counts_and_drains_what_came_meanwhile(impl):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        sb, log = _wired_buffer(impl, loop, send)
+        assert sb.claim(b"data: a\r\n\r\n")
+        sb.append({"data": "b"})  # published while the claimed send waited in the fan-out's queue
+        sb.append({"data": "c"})
+        assert sb.send_claimed(b"data: a\r\n\r\n") is None
+        assert [m["body"] for m in sent] == [b"data: a\r\n\r\n", b"data: b\r\n\r\ndata: c\r\n\r\n"]
+        assert all(m["more_body"] is True and m["type"] == "http.response.body" for m in sent)
+        assert (sb.sends, sb.sent_bytes, sb.sent_events, sb.inflight, sb.own_send, len(sb)) == (2, 33, 3, 0, False, 0)
+        assert log == []
+
+    asyncio.run(main())
+
+
+def test_start_send_hands_a_suspended_send_to_finish_and_errors_to_on_error(impl):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def suspends(message):
+            await asyncio.sleep(0)
+
+        sb, log = _wired_buffer(impl, loop, suspends)
+        sb.append({"data": "a"})
+        rest = sb.start_send(sb.take(), -1, None)
+        assert rest is not None and sb.own_send and sb.inflight == 11
+        await rest
+        assert log == [("finish", 11, -1)]
+
+        async def fails(message):
+            raise RuntimeError("boom")
+
+        sb, log = _wired_buffer(impl, loop, fails)
+        assert sb.start_send(b"data: a\r\n\r\n", 1, None) is None
+        assert [e for e in log if e[0] == "error"][0][1].args == ("boom",)
+        assert not sb.own_send and sb.sends == 0
+
+        async def cancelled(message):
+            raise asyncio.CancelledError
+
+        sb, log = _wired_buffer(impl, loop, cancelled)
+        with pytest.raises(asyncio.CancelledError):
+            sb.start_send(b"data: a\r\n\r\n", 1, None)
+        assert not sb.own_send and log == []
+
+    asyncio.run(main())
+
+
+def test_a_stopped_stream_interrupts_its_producer_after_the_send_and_a_cut_one_counts_nothing(impl):
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def send(message):
+            pass
+
+        sb, log = _wired_buffer(impl, loop, send)
+        sb.stopped = True  # a shutdown arrived: the send completes, then the producer is interrupted
+        assert sb.start_send(b"data: a\r\n\r\n", 1, None) is None
+        assert log == [("interrupt",)] and sb.sends == 1
+        sb, log = _wired_buffer(impl, loop, send)
+        sb.stopped = sb.cut = True  # the client left: a late completion is not counted
+        assert sb.start_send(b"data: a\r\n\r\n", 1, None) is None
+        assert sb.sends == 0 and sb.inflight == 11
+
+    asyncio.run(main())

@@ -40,7 +40,7 @@ from typing import Any
 
 from .. import _encoder
 from .. import metrics as _metrics
-from .._writer import _PRODUCING, STOP_SHUTDOWN
+from .._writer import STOP_SHUTDOWN
 from ..event import ServerSentEvent
 from ._fanout import FanOut
 from .backends import backend_for_url
@@ -510,23 +510,23 @@ class Subscription:
         data = entry.bytes_for(self._sep)
         w = self._writer
         if w is not None:
-            if w.stop_reason is not None:
-                return
             sb = w.buffer
-            pending = len(sb) + sb.inflight
-            if not pending and sb.wake is not None and w.phase == _PRODUCING and not sb.slow:
-                # idle (StreamWriter.idle, inlined: once per subscriber per event): the fan-out sends it
+            if sb.claim(data):
+                # the stream was idle: the fan-out sends it (no writer task woken)
                 fan = self.broadcast._fanout
                 if fan is None or fan.loop is not w.loop:
                     fan = self.broadcast._fanout = FanOut(w.loop)
                 fan.add(w, data)
                 return
+            if sb.stopped:
+                return
+            pending = len(sb) + sb.inflight
             # an event larger than the bound still goes to a subscriber that is keeping up
             if pending and pending + len(data) > self.broadcast.max_subscriber_bytes + self._allowance:
                 self._slow(data)
                 return
             sb.append_bytes(data)
-            if not w._own_send:
+            if not sb.own_send:
                 # (else the send in flight wakes the writer when it ends: no wake per event)
                 sb.notify()
             return

@@ -7,7 +7,7 @@ send suspends (a slow client) does not hold the others. In the usual round
 no stream's writer task is woken (issue 16).
 
 Each send runs from start to end in the one task that started it, in its
-stream's context (``StreamWriter.send_claimed``), so a middleware that wraps
+stream's context (``StreamBuffer.send_claimed``), so a middleware that wraps
 ``send`` in a cancel scope, a timeout or context variables sees an ordinary
 ``await send()``. A worker that suspends inside a send stays with that one
 stream; its check callback (scheduled right after the worker's first step)
@@ -48,10 +48,7 @@ class FanOut:
         self.workers: set[asyncio.Task[None]] = set()
 
     def add(self, writer: Any, body: bytes) -> None:
-        """Send ``body`` to ``writer``'s stream soon; ``writer.idle`` must be true (it is claimed here)."""
-        # the claim (see StreamWriter.send_claimed)
-        writer.buffer.inflight = len(body)
-        writer._own_send = True
+        """Send ``body`` to ``writer``'s stream soon; claimed by ``writer.buffer.claim(body)``."""
         self.queue.append((writer, body))
         if not self.workers:
             self._spawn(1)
@@ -85,14 +82,15 @@ class FanOut:
         try:
             while q and me in workers:
                 writer, body = q.popleft()
-                rest = writer.send_claimed(body, self, me)
+                rest = writer.buffer.send_claimed(body)
                 if rest is not None:
-                    await rest  # suspended in this send: _check hands the rest of the queue to others
+                    # suspended in this send: _check hands the rest of the queue to others
+                    await writer._finish_claimed(rest, self, me)
         except BaseException:
             # cancelled by someone else (the loop is closing): no claim may stay pending
             workers.discard(me)
             if not workers:
                 while q:
-                    q.popleft()[0]._release_claim()
+                    q.popleft()[0].buffer.release_claim()
             raise
         workers.discard(me)
