@@ -383,3 +383,73 @@ def report(res: dict, table_fn, json_path: str | None) -> int:
         with open(json_path, "w") as fh:
             json.dump(res, fh, indent=1)
     return 0
+
+
+def hold_many(streams: int) -> None:
+    """Pin this process to ``CLIENT_CORE`` and raise its open-file limit for ``streams`` sockets."""
+    import resource
+
+    pin_self()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < streams + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, streams + 200), hard))
+
+
+def loop_runner():
+    """``uvloop.run`` where installed, else ``asyncio.run``."""
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+def measure_rounds(measure, impls: list[str], rounds: int, log=print) -> list[dict[str, dict]]:
+    """Run ``measure(impl)`` (a coroutine function; one fresh server each) for every impl, ``rounds`` times.
+
+    The order alternates (forward, then backward) so that a machine drifting
+    during the run weighs on every impl alike; ratios are then taken within a
+    round (rows measured minutes apart on a shared machine drift by 10-20%).
+    An impl whose ``measure`` raises ``RuntimeError`` or ``ImportError`` is
+    logged as unavailable and left out of that round.
+
+    Returns:
+        One ``{impl: result}`` dict per round.
+    """
+    runner = loop_runner()
+    out = []
+    for i in range(rounds):
+        order = impls if i % 2 == 0 else impls[::-1]
+        got: dict[str, dict] = {}
+        for impl in order:
+            try:
+                got[impl] = runner(measure(impl))
+            except (RuntimeError, ImportError) as exc:
+                log(f"  {impl}: unavailable ({exc})")
+        out.append(got)
+    return out
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values) if values else float("nan")
+
+
+def median_result(per_round: list[dict[str, dict]], impl: str) -> dict | None:
+    """``impl``'s result with every numeric field the median over the rounds (``None`` if never measured)."""
+    runs = [r[impl] for r in per_round if impl in r]
+    if not runs:
+        return None
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = _median([r[k] for r in runs])
+    out["rounds"] = len(runs)
+    return out
+
+
+def round_ratio(per_round: list[dict[str, dict]], a: str, b: str, key: str) -> float:
+    """The median over the rounds of ``a[key] / b[key]`` measured in the same round."""
+    return _median([r[a][key] / r[b][key] for r in per_round if a in r and b in r and r[b][key]])

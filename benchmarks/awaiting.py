@@ -41,14 +41,24 @@ import argparse
 import asyncio
 import os
 import re
-import resource
 import sys
 import time
 from urllib.parse import parse_qs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import cpu_seconds, machine, pin_self, probe_status, report, request_bytes, server  # noqa: E402
+from _harness import (  # noqa: E402
+    cpu_seconds,
+    hold_many,
+    machine,
+    measure_rounds,
+    median_result,
+    probe_status,
+    report,
+    request_bytes,
+    round_ratio,
+    server,
+)
 
 IMPLS = ["raw", "hand", "sse_fast", "sse_starlette", "fastapi"]
 LABELS = {"raw": "raw ASGI (await sleep + send in the request's task)",
@@ -254,40 +264,42 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
 
 
 def run(streams: int = 1000, seconds: float = 20.0, interval: float = 0.05, size: int = 100, impls=IMPLS,
-        log=print) -> dict:
-    """Measure every implementation in turn; returns a JSON-able dict (see ``table``)."""
-    pin_self()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < streams + 200:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, streams + 200), hard))
-    try:
-        import uvloop
+        rounds: int = 1, log=print) -> dict:
+    """Measure every implementation, ``rounds`` times in alternating order; returns a JSON-able dict (see ``table``).
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    res = {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "results": [],
-           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    for impl in impls:
-        try:
-            res["results"].append(runner(measure_impl(impl, streams, seconds, interval, size, log)))
-        except (RuntimeError, ImportError) as exc:
-            log(f"  {impl}: unavailable ({exc})")
-    return res
+    ``results``: per impl, the medians over the rounds; ``ratios``: medians of
+    the ratios taken within each round; ``rounds``: every round's results.
+    """
+    hold_many(streams)
+    per_round = measure_rounds(lambda impl: measure_impl(impl, streams, seconds, interval, size, log),
+                               list(impls), rounds, log)
+    results = [m for m in (median_result(per_round, impl) for impl in IMPLS) if m is not None]
+    return {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "results": results,
+            "ratios": _ratios(per_round), "rounds": per_round,
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _ratios(per_round: list) -> dict:
+    """``{impl: {key: median of impl/raw within a round}}``."""
+    return {impl: {k: round_ratio(per_round, impl, "raw", k) for k in ("server_cpu_percent", "p50_ms", "p99_ms")}
+            for impl in IMPLS if any(impl in r and "raw" in r for r in per_round)}
 
 
 def table(res: dict) -> str:
     """Markdown table, each row's CPU and latency also as a ratio to the raw row."""
+    n = len(res.get("rounds", [])) or 1
     rows = [f"{res['streams']:,} streams x {1 / res['interval']:g} events/s each (awaiting producers), "
-            f"~{res['size']} bytes of data; {res['seconds']:g} s window.\n",
+            f"~{res['size']} bytes of data; {res['seconds']:g} s window; medians of {n} round(s), "
+            "ratios to raw taken within each round.\n",
             "| server | server CPU % of a core | x raw | latency p50 ms | p90 ms | p99 ms | events delivered |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     by = {r["impl"]: r for r in res["results"]}
-    raw = by.get("raw")
+    ratios = res.get("ratios", {})
     for impl in IMPLS:
         r = by.get(impl)
         if r:
-            ratio = f"{r['server_cpu_percent'] / raw['server_cpu_percent']:.2f}" if raw else ""
+            q = ratios.get(impl)
+            ratio = f"{q['server_cpu_percent']:.2f}" if q else ""
             rows.append(f"| {LABELS[impl]} | {r['server_cpu_percent']:.1f} | {ratio} | {r['p50_ms']:.2f} | "
                         f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {100 * r['events'] / r['events_expected']:.0f}% |")
     return "\n".join(rows)
@@ -301,11 +313,12 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.05, help="seconds each producer sleeps (default 0.05: 20/s)")
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--rounds", type=int, default=1, help="measure every impl N times, alternating the order")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     streams = args.streams or (300 if args.quick else 1000)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
-    res = run(streams, seconds, args.interval, args.size, args.impls.split(","))
+    res = run(streams, seconds, args.interval, args.size, args.impls.split(","), args.rounds)
     return report(res, table, args.json)
 
 

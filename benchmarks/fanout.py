@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import os
 import re
-import resource
 import sys
 import time
 from urllib.parse import parse_qs
@@ -50,11 +49,14 @@ from _harness import (  # noqa: E402
     SERVER_CORE,
     EventStreamProtocol,
     cpu_seconds,
+    hold_many,
     machine,
-    pin_self,
+    measure_rounds,
+    median_result,
     probe_status,
     report,
     request_bytes,
+    round_ratio,
     server,
 )
 
@@ -275,32 +277,41 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
 
 
 def run(streams: int = 1000, seconds: float = 20.0, interval: float = 0.1, size: int = 100, impls=IMPLS,
-        log=print) -> dict:
-    """Measure every implementation; returns a JSON-able dict (see ``table``)."""
-    pin_self()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < streams + 200:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, streams + 200), hard))
-    try:
-        import uvloop
+        rounds: int = 1, log=print) -> dict:
+    """Measure every implementation, ``rounds`` times in alternating order; returns a JSON-able dict (see ``table``).
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    res = {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "results": [],
-           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    for impl in impls:
-        try:
-            res["results"].append(runner(measure_impl(impl, streams, seconds, interval, size, log)))
-        except RuntimeError as exc:
-            log(f"  {impl}: unavailable ({exc})")
-    return res
+    ``results``: per impl, the medians over the rounds; ``ratios``: medians of
+    the ratios taken within each round; ``rounds``: every round's results.
+    """
+    hold_many(streams)
+    per_round = measure_rounds(lambda impl: measure_impl(impl, streams, seconds, interval, size, log),
+                               list(impls), rounds, log)
+    results = [m for m in (median_result(per_round, impl) for impl in IMPLS) if m is not None]
+    return {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "results": results,
+            "ratios": _ratios(per_round), "rounds": per_round,
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+PAIRS = (("sse_fast", "sse_starlette", "sse_fast / sse-starlette"),
+         ("sse_fast_broadcast", "sse_starlette", "sse_fast broadcast / sse-starlette"),
+         ("sse_fast_broadcast", "raw", "sse_fast broadcast / raw ceiling"))
+RATIO_KEYS = ("server_cpu_percent", "p50_ms", "p90_ms", "p99_ms")
+
+
+def _ratios(per_round: list) -> dict:
+    """``{"a/b": {key: median ratio within a round}}`` for the pairs measured."""
+    out = {}
+    for a, b, _ in PAIRS:
+        if any(a in r and b in r for r in per_round):
+            out[f"{a}/{b}"] = {k: round_ratio(per_round, a, b, k) for k in RATIO_KEYS}
+    return out
 
 
 def table(res: dict) -> str:
     """Markdown table with sse_fast / sse-starlette ratios."""
+    n = len(res.get("rounds", [])) or 1
     rows = [f"{res['streams']:,} streams x {1 / res['interval']:g} events/s, ~{res['size']} bytes each; "
-            f"{res['seconds']:g} s window.\n",
+            f"{res['seconds']:g} s window; medians of {n} round(s), ratios taken within each round.\n",
             "| server | server CPU % of a core | latency p50 ms | p90 ms | p99 ms | max ms | events delivered |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     by = {r["impl"]: r for r in res["results"]}
@@ -309,14 +320,11 @@ def table(res: dict) -> str:
         if r:
             rows.append(f"| {LABELS[impl]} | {r['server_cpu_percent']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
                         f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {100 * r['events'] / r['events_expected']:.0f}% |")
-    for x, y, label in (("sse_fast", "sse_starlette", "sse_fast / sse-starlette"),
-                        ("sse_fast_broadcast", "sse_starlette", "sse_fast broadcast / sse-starlette"),
-                        ("sse_fast_broadcast", "raw", "sse_fast broadcast / raw ceiling")):
-        a, b = by.get(x), by.get(y)
-        if a and b:
-            rows.append(f"| {label} | {a['server_cpu_percent'] / b['server_cpu_percent']:.2f} | "
-                        f"{a['p50_ms'] / b['p50_ms']:.2f} | {a['p90_ms'] / b['p90_ms']:.2f} | "
-                        f"{a['p99_ms'] / b['p99_ms']:.2f} | | |")
+    for x, y, label in PAIRS:
+        q = res.get("ratios", {}).get(f"{x}/{y}")
+        if q:
+            rows.append(f"| {label} | {q['server_cpu_percent']:.2f} | {q['p50_ms']:.2f} | {q['p90_ms']:.2f} | "
+                        f"{q['p99_ms']:.2f} | | |")
     return "\n".join(rows)
 
 
@@ -328,11 +336,12 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.1)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--rounds", type=int, default=1, help="measure every impl N times, alternating the order")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     streams = args.streams or (300 if args.quick else 1000)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
-    res = run(streams, seconds, args.interval, args.size, args.impls.split(","))
+    res = run(streams, seconds, args.interval, args.size, args.impls.split(","), args.rounds)
     return report(res, table, args.json)
 
 

@@ -23,14 +23,22 @@ import argparse
 import asyncio
 import gc
 import os
-import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil  # noqa: E402
-from _harness import cpu_seconds, machine, pin_self, probe_status, report, request_bytes, server  # noqa: E402
+from _harness import (  # noqa: E402
+    cpu_seconds,
+    hold_many,
+    loop_runner,
+    machine,
+    probe_status,
+    report,
+    request_bytes,
+    server,
+)
 
 IMPLS = ["sse_starlette", "sse_fast", "raw"]  # raw: the server floor (no pings)
 
@@ -144,17 +152,8 @@ async def measure_impl(impl: str, counts: list[int], idle: float, ping: float, l
 
 def run(counts=(1000, 5000), idle: float = 30.0, ping: float = 15.0, impls=IMPLS, log=print) -> dict:
     """Measure every implementation; returns a JSON-able dict (see ``table``)."""
-    pin_self()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = max(counts) + 200
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    hold_many(max(counts))
+    runner = loop_runner()
     res = {"counts": list(counts), "idle_s": idle, "ping_s": ping, "results": [], "machine": machine(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for impl in impls:
