@@ -10,15 +10,22 @@ Three parties share one ``StreamBuffer``, all on the event loop's thread:
   encoded into the buffer; at ``max_buffer_bytes`` (buffered plus the send in
   flight) the producer awaits room, so a client that stops reading stops it.
   When the writer is idle and the producer awaited since its previous item
-  (``_encoder.LoopTurns``), the producer sends the item itself with a plain
-  ``await send()`` (``_send_own``, issue 16): no future, no task woken.
+  (``_encoder.LoopTurns``), the producer sends the item itself, in its task
+  (``StreamBuffer.start_send``, issue 16): no future, no task woken.
 - **the writer task**: waits on a future that the producer sets when it
   appends. The future's callback runs only once the producer suspends, so
   the events that were ready together leave as one ``http.response.body``,
   and a slow producer's event leaves at once (no timer, no Nagle).
 - **a broadcast's fan-out task** (``broadcast._fanout``) may send for an idle
-  stream (``send_claimed``); the writer task waits for such a send, as for
-  the producer's own.
+  stream (``StreamBuffer.claim``/``send_claimed``); the writer task waits for
+  such a send, as for the producer's own.
+
+Sends outside the writer task run in the buffer (compiled where built): the
+server's ``send()`` takes its first step in the calling task
+(``_encoder.first_step``), and only a send that suspends costs a coroutine of
+ours (``_finish_send``). The buffer keeps the counts and a copy of the
+writer's phase and stop state; the writer's hooks handle the send deadline,
+stats, ``ping_when_idle`` and failures.
 - **loop timers**: pings append to the buffer and wake the writer; a send
   deadline is one timer per stream, armed lazily (a send records its start
   time; the timer, when it fires, either times the send out or re-arms for the
