@@ -72,6 +72,18 @@ async def run(resp, rec: Recorder) -> asyncio.Task:
     return task
 
 
+def play(make_response, make_recorder=Recorder) -> tuple[Recorder, asyncio.Task]:
+    """Run ``make_response()`` to its end against ``make_recorder()``; return the recorder and the response's task."""
+
+    async def main():
+        rec = make_recorder()
+        task = await run(make_response(), rec)
+        task.result()
+        return rec, task
+
+    return asyncio.run(main())
+
+
 def _in(rec: Recorder, task) -> int:
     return sum(1 for t, _ in rec.bodies if t is task)
 
@@ -99,13 +111,7 @@ def test_awaiting_producer_sends_each_event_in_the_response_task(impl, pause):
             await PAUSES[pause]()
             yield {"data": i, "id": str(i)}
 
-    async def main():
-        rec = Recorder()
-        task = await run(EventSourceResponse(gen()), rec)
-        task.result()
-        return rec, task
-
-    rec, task = asyncio.run(main())
+    rec, task = play(lambda: EventSourceResponse(gen()), Recorder)
     assert rec.body == expected_numbers(n)
     assert len(rec.bodies) == n  # one event per send, as it was produced
     assert _in(rec, task) == n  # every one from the producer's task: the writer task never sent
@@ -121,13 +127,7 @@ def test_events_ready_together_still_leave_in_one_send(impl):
             for i in range(size):
                 yield {"data": b * size + i, "id": str(b * size + i)}
 
-    async def main():
-        rec = Recorder()
-        task = await run(EventSourceResponse(gen()), rec)
-        task.result()
-        return rec, task
-
-    rec, task = asyncio.run(main())
+    rec, task = play(lambda: EventSourceResponse(gen()), Recorder)
     assert rec.body == expected_numbers(bursts * size)
     # per burst: its first event from the producer's task, the other 49 as one batch of the writer's
     assert len(rec.bodies) == 2 * bursts
@@ -138,13 +138,7 @@ def test_events_ready_together_still_leave_in_one_send(impl):
 def test_never_awaiting_producer_is_batched(impl):
     n = 20_000
 
-    async def main():
-        rec = Recorder()
-        task = await run(EventSourceResponse(numbers(n)), rec)
-        task.result()
-        return rec
-
-    rec = asyncio.run(main())
+    rec, _ = play(lambda: EventSourceResponse(numbers(n)), Recorder)
     assert rec.body == expected_numbers(n)
     assert len(rec.bodies) <= len(expected_numbers(n)) // 65536 * 2 + 4  # batches near max_buffer_bytes
 
@@ -152,13 +146,7 @@ def test_never_awaiting_producer_is_batched(impl):
 def test_client_slower_than_producer_gets_batches(impl):
     n = 300
 
-    async def main():
-        rec = Recorder(delay=0.02)
-        task = await run(EventSourceResponse(numbers(n, delay=0.001)), rec)
-        task.result()
-        return rec, task
-
-    rec, task = asyncio.run(main())
+    rec, task = play(lambda: EventSourceResponse(numbers(n, delay=0.001)), lambda: Recorder(delay=0.02))
     assert rec.body == expected_numbers(n)
     # 300 events at ~1 ms against 20 ms sends: the writer task batches what piles up
     assert len(rec.bodies) < n // 4
@@ -169,13 +157,7 @@ def test_client_slower_than_producer_gets_batches(impl):
 def test_own_sends_resume_after_the_writer_caught_up(impl):
     n = 100
 
-    async def main():
-        rec = Recorder(delay=0.05, delay_first=1)
-        task = await run(EventSourceResponse(numbers(n, delay=0.002)), rec)
-        task.result()
-        return rec, task
-
-    rec, task = asyncio.run(main())
+    rec, task = play(lambda: EventSourceResponse(numbers(n, delay=0.002)), lambda: Recorder(delay=0.05, delay_first=1))
     assert rec.body == expected_numbers(n)
     # the first send suspended (it held the producer, as ``await send()`` does): the next event
     # goes to the writer task; once that one has sent everything, the producer sends its own again
@@ -189,13 +171,7 @@ def test_ping_waits_for_the_producers_own_send(impl):
         await asyncio.sleep(0.3)
         yield {"data": 1, "id": "1"}
 
-    async def main():
-        rec = Recorder(delay=0.25, delay_first=1)
-        task = await run(EventSourceResponse(gen(), ping=0.05), rec)
-        task.result()
-        return rec
-
-    rec = asyncio.run(main())
+    rec, _ = play(lambda: EventSourceResponse(gen(), ping=0.05), lambda: Recorder(delay=0.25, delay_first=1))
     assert rec.max_active == 1  # the pings never overlapped the slow send
     bodies = [b for _, b in rec.bodies]
     assert bodies[0] == expected_numbers(1)
