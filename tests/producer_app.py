@@ -284,7 +284,7 @@ async def _shielded_work(rec: dict, seconds: float, on_shield) -> None:
 
 
 async def shielded(rec: dict, kind: str, n: int | None, on_shield=None, long_at: int | None = None):
-    """Between events, 10 ms of work (300 ms for the ``long_at``-th) under ``asyncio.shield``
+    """Between events, 10 ms of work (1 s for the ``long_at``-th) under ``asyncio.shield``
     or ``anyio.CancelScope(shield=True)`` (``rec["started"]``/``rec["done"]`` count it;
     ``on_shield(rec)`` is called as it starts), then a 1 ms unshielded sleep. Endless unless ``n``."""
     rec.update(started=0, done=0)
@@ -293,7 +293,7 @@ async def shielded(rec: dict, kind: str, n: int | None, on_shield=None, long_at:
         while n is None or i < n:
             yield {"data": i}
             i += 1
-            seconds = 0.3 if rec["started"] + 1 == long_at else 0.01
+            seconds = 1.0 if rec["started"] + 1 == long_at else 0.01
             if kind == "asyncio":
                 await asyncio.shield(_shielded_work(rec, seconds, on_shield))
             else:
