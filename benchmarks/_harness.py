@@ -431,6 +431,27 @@ def measure_rounds(measure, impls: list[str], rounds: int, log=print) -> list[di
     return out
 
 
+def run_rounds(measure, impls: list[str], every_impl: list[str], rounds: int, ratios, params: dict,
+               log=print) -> dict:
+    """A benchmark script's ``run``: ``measure_rounds`` with this process pinned, summed up.
+
+    Args:
+        measure: ``impl -> coroutine`` measuring one impl on a fresh server.
+        impls: the impls to measure; every_impl: the script's impls, in table order.
+        ratios: ``per_round -> dict`` of ratios taken within rounds (``round_ratio``).
+        params: the run's parameters (``streams`` among them), copied into the result.
+
+    Returns:
+        A JSON-able dict: ``params``, ``results`` (per impl the medians over the
+        rounds), ``ratios``, ``rounds`` (every round's results), ``machine``, ``date``.
+    """
+    hold_many(params["streams"])
+    per_round = measure_rounds(measure, list(impls), rounds, log)
+    results = [m for m in (median_result(per_round, impl) for impl in every_impl) if m is not None]
+    return {**params, "results": results, "ratios": ratios(per_round), "rounds": per_round,
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
 def _median(values: list[float]) -> float:
     import statistics
 

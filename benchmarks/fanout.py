@@ -49,14 +49,11 @@ from _harness import (  # noqa: E402
     SERVER_CORE,
     EventStreamProtocol,
     cpu_seconds,
-    hold_many,
-    machine,
-    measure_rounds,
-    median_result,
     probe_status,
     report,
     request_bytes,
     round_ratio,
+    run_rounds,
     server,
 )
 
@@ -283,13 +280,9 @@ def run(streams: int = 1000, seconds: float = 20.0, interval: float = 0.1, size:
     ``results``: per impl, the medians over the rounds; ``ratios``: medians of
     the ratios taken within each round; ``rounds``: every round's results.
     """
-    hold_many(streams)
-    per_round = measure_rounds(lambda impl: measure_impl(impl, streams, seconds, interval, size, log),
-                               list(impls), rounds, log)
-    results = [m for m in (median_result(per_round, impl) for impl in IMPLS) if m is not None]
-    return {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "results": results,
-            "ratios": _ratios(per_round), "rounds": per_round,
-            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return run_rounds(lambda impl: measure_impl(impl, streams, seconds, interval, size, log), impls, IMPLS,
+                      rounds, _ratios, {"streams": streams, "seconds": seconds, "interval": interval, "size": size},
+                      log)
 
 
 PAIRS = (("sse_fast", "sse_starlette", "sse_fast / sse-starlette"),

@@ -119,6 +119,14 @@ def start(b: Broadcast, client: Client, topic="default", last_event_id=None, ret
     return asyncio.get_running_loop().create_task(resp(scope(), client.receive, client.send))
 
 
+async def start_all(b: Broadcast, clients) -> list[asyncio.Task]:
+    """``start`` every client, wait until all are subscribed and their writers wait (``settle``)."""
+    tasks = [start(b, c) for c in clients]
+    await until(lambda: b.subscribers() == len(clients))
+    await settle()
+    return tasks
+
+
 async def until(pred, timeout=5.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -191,9 +199,7 @@ def test_events_published_together_reach_a_stream_in_order_first_by_the_fan_out_
     async def main():
         b = Broadcast()
         clients = [Client() for _ in range(3)]
-        tasks = [start(b, c) for c in clients]
-        await until(lambda: b.subscribers() == 3)
-        await settle()
+        tasks = await start_all(b, clients)
         for i in range(5):
             b.publish(f"e{i}")  # no await between: the stream is busy after the first
         await settle()
@@ -652,9 +658,7 @@ def test_shutdown_ends_the_stream_and_unregisters(impl):
     async def main():
         b = Broadcast()
         clients = [Client(), Client()]
-        tasks = [start(b, c) for c in clients]
-        await until(lambda: b.subscribers() == 2)
-        await settle()
+        tasks = await start_all(b, clients)
         b.publish("before")
         asyncio.get_running_loop().call_later(0.05, setattr, AppStatus, "should_exit", True)
         await asyncio.gather(*tasks)
@@ -1038,9 +1042,7 @@ def test_one_fan_out_task_sends_a_publish_to_every_idle_stream(impl):
     async def main():
         b = Broadcast()
         clients = [TaskClient() for _ in range(50)]
-        tasks = [start(b, c) for c in clients]
-        await until(lambda: b.subscribers() == 50)
-        await settle()
+        tasks = await start_all(b, clients)
         for i in range(3):
             b.publish(f"e{i}")
             await settle()

@@ -344,8 +344,12 @@ def test_a_send_that_returns_a_future_is_awaited(impl):
 
 
 # ---------------------------------------------------------------- the buffer's send path (both twins)
-def _wired_buffer(impl, loop, send):
-    """A ``StreamBuffer`` wired as the stream writer wires it, with recording hooks."""
+async def _sink(message):
+    pass
+
+
+def _wired_buffer(impl, loop, send=_sink):
+    """A ``StreamBuffer`` wired as the stream writer wires it, with recording hooks (``send``: a no-op by default)."""
     from sse_fast._encoder_py import PRODUCING
 
     sb = impl.StreamBuffer("\r\n", 65536, loop)
@@ -369,17 +373,13 @@ def test_claim_only_an_idle_stream(impl):
 
     async def main():
         loop = asyncio.get_running_loop()
-
-        async def send(message):
-            pass
-
-        sb, _ = _wired_buffer(impl, loop, send)
+        sb, _ = _wired_buffer(impl, loop)
         assert sb.claim(b"data: a\r\n\r\n") and sb.inflight == 11 and sb.own_send
         assert not sb.claim(b"x")  # claimed: busy
         sb.release_claim()
         assert sb.inflight == 0 and not sb.own_send
         for busy in ("slow", "stopped", "phase", "buffered", "writer running"):
-            sb, _ = _wired_buffer(impl, loop, send)
+            sb, _ = _wired_buffer(impl, loop)
             if busy == "slow":
                 sb.slow = True
             elif busy == "stopped":
@@ -453,15 +453,11 @@ def test_start_send_hands_a_suspended_send_to_finish_and_errors_to_on_error(impl
 def test_a_stopped_stream_interrupts_its_producer_after_the_send_and_a_cut_one_counts_nothing(impl):
     async def main():
         loop = asyncio.get_running_loop()
-
-        async def send(message):
-            pass
-
-        sb, log = _wired_buffer(impl, loop, send)
+        sb, log = _wired_buffer(impl, loop)
         sb.stopped = True  # a shutdown arrived: the send completes, then the producer is interrupted
         assert sb.start_send(b"data: a\r\n\r\n", 1, None) is None
         assert log == [("interrupt",)] and sb.sends == 1
-        sb, log = _wired_buffer(impl, loop, send)
+        sb, log = _wired_buffer(impl, loop)
         sb.stopped = sb.cut = True  # the client left: a late completion is not counted
         assert sb.start_send(b"data: a\r\n\r\n", 1, None) is None
         assert sb.sends == 0 and sb.inflight == 11
