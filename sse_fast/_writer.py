@@ -430,12 +430,6 @@ class StreamWriter:
         """``http.response.body`` messages with data whose send completed."""
         return self.buffer.sends
 
-    @property
-    def idle(self) -> bool:
-        """Streaming, nothing buffered, no send in flight or claimed, and the writer task waiting for data."""
-        sb = self.buffer
-        return self.phase == _PRODUCING and sb.wake is not None and not len(sb) and not sb.inflight
-
     # The buffer's ``start_send`` sends from the calling task (the producer's
     # own send, a fan-out's: issue 16); these are the hooks it calls.
 
@@ -622,30 +616,23 @@ class StreamWriter:
         await send_within(self.send, message, self.send_timeout)
 
 
-_NOT_STARTED = object()
-
-
 def _direct(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
 @types.coroutine
-def _run_in(context: contextvars.Context, coro: Any, waiting: Any = _NOT_STARTED) -> Any:
-    """``await coro`` with each of its steps run in ``context`` (the stream's, not the calling task's; ``None``: the task's).
+def _run_in(context: contextvars.Context | None, coro: Any, waiting: Any) -> Any:
+    """The rest of ``await coro``, whose first step (``_encoder.first_step``) yielded ``waiting``.
 
-    A generator-based coroutine: what ``coro`` yields goes to the calling
-    task as it is, what the task sends or throws in goes back to ``coro``, as
-    ``await`` does; only the context differs. Used for the server's ``send()``
-    only, never for user code, and from start to end in one task (so a cancel
-    scope or a timeout inside ``send`` is entered and left in the same task).
+    Each later step runs in ``context`` (the stream's, not the calling task's;
+    ``None``: the task's). A generator-based coroutine: what ``coro`` yields
+    goes to the calling task as it is, what the task sends or throws in goes
+    back to ``coro``, as ``await`` does; only the context differs. Used for
+    the server's ``send()`` only, never for user code, and from start to end
+    in one task (so a cancel scope or a timeout inside ``send`` is entered and
+    left in the same task).
     """
     run = _direct if context is None else context.run
-    if waiting is _NOT_STARTED:
-        try:
-            waiting = run(coro.send, None)
-        except StopIteration as stop:
-            return stop.value
-    # (else ``coro`` already ran its first step and yielded ``waiting``)
     while True:
         try:
             value = yield waiting
