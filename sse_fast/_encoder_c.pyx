@@ -546,9 +546,7 @@ cdef class StreamBuffer(EventBuffer):
     cdef public object send_started
     cdef public object on_start
     cdef public object on_sent
-    cdef public object on_error
-    cdef public object interrupt
-    cdef public object finish
+    cdef public object owner
 
     def __init__(self, sep="\r\n", high=65536, loop=None):
         self.sep = check_sep(sep)
@@ -574,9 +572,7 @@ cdef class StreamBuffer(EventBuffer):
         self.send_started = None
         self.on_start = None
         self.on_sent = None
-        self.on_error = None
-        self.interrupt = None
-        self.finish = None
+        self.owner = None
 
     cpdef notify(self):
         """Wake the writer task if it is waiting for data (it runs once the caller suspends)."""
@@ -657,7 +653,7 @@ cdef class StreamBuffer(EventBuffer):
         except Exception as exc:
             self.send_started = None
             self.own_send = False
-            self.on_error(exc)
+            self.owner.send_failed(exc)
             return None
         except BaseException:
             self.send_started = None
@@ -666,14 +662,14 @@ cdef class StreamBuffer(EventBuffer):
         if waiting is SENT:
             self.send_done(size, events, turn, context)
             return None
-        return self.finish(aw, waiting, size, events, turn, context)
+        return self.owner.finish_send(aw, waiting, size, events, turn, context)
 
     cpdef send_done(self, Py_ssize_t size, Py_ssize_t events, Py_ssize_t turn, object context):
         """A send started by ``start_send`` completed: count it (see ``_encoder_py``)."""
         self.send_started = None
         self.own_send = False
         if self.stopped:
-            self.interrupt()
+            self.owner.interrupt_producer()
         if self.cut:
             return
         self.inflight = 0

@@ -23,7 +23,7 @@ Three parties share one ``StreamBuffer``, all on the event loop's thread:
 Sends outside the writer task run in the buffer (compiled where built): the
 server's ``send()`` takes its first step in the calling task
 (``_encoder.first_step``), and only a send that suspends costs a coroutine of
-ours (``_finish_send``). The buffer keeps the counts and a copy of the
+ours (``finish_send``). The buffer keeps the counts and a copy of the
 writer's phase and stop state; the writer's hooks handle the send deadline,
 stats, ``ping_when_idle`` and failures.
 - **loop timers**: pings append to the buffer and wake the writer; a send
@@ -157,6 +157,32 @@ def loop_turns(loop: asyncio.AbstractEventLoop) -> Any:
     return turns
 
 
+class _WriterNotStarted:
+    """``StreamBuffer.wake`` until the writer task exists: the first wake starts it.
+
+    An awaiting producer sends its own events (issue 16), so many streams
+    never need the writer task: it starts at the first wake (a batch, a ping,
+    a send of the producer's that suspended, the flush of a fan-out's), not
+    per stream opened. Quacks like the idle ``Future`` the writer task waits
+    on (``done``, ``set_result``); the buffer's rules read a non-``None``
+    ``wake`` as "the writer is idle", which holds for this state too.
+    """
+
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: StreamWriter) -> None:
+        self.writer = writer
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, _value: Any) -> None:
+        w = self.writer
+        # (not once the client left or the stream failed: nothing more may be sent)
+        if w.writer_task is None and w.phase < _DONE and not w.buffer.cut:
+            w.writer_task = w.loop.create_task(w._write_loop(), context=w.context)
+
+
 class StreamWriter:
     """Writes one event stream's body on asyncio: batching, pings, deadlines, stop requests.
 
@@ -176,6 +202,10 @@ class StreamWriter:
             ``sent_events``/``sent_pings``); with ``stats`` they reach it within
             ``STATS_FLUSH_SECONDS`` (one loop timer while counts wait) and when
             the response calls ``flush_stats()`` at the end.
+        shutdown_event: an ``anyio.Event``/``asyncio.Event`` that
+            ``on_shutdown`` sets, or ``None``.
+        shutdown_grace_period: seconds the producer may go on after
+            ``shutdown_event`` is set before it is stopped.
     """
 
     __slots__ = (
@@ -206,6 +236,9 @@ class StreamWriter:
         "_send_task",
         "_send_cut",
         "context",
+        "shutdown_event",
+        "grace",
+        "grace_handle",
     )
 
     def __init__(
@@ -220,6 +253,8 @@ class StreamWriter:
         ping_when_idle: bool = False,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         stats: Any = None,
+        shutdown_event: Any = None,
+        shutdown_grace_period: float = 0,
     ) -> None:
         self.send = send
         self.loop = loop
@@ -254,22 +289,36 @@ class StreamWriter:
         self._flush_deadline: asyncio.TimerHandle | None = None
         self._send_task: Any = None  # (fan-out task, its FanOut) in such a send, to cancel on a disconnect
         self._send_cut = False  # that task was cancelled by this stream's stop (not by anyone else)
+        self.shutdown_event = shutdown_event
+        #: seconds the producer may take to finish by itself after ``shutdown_event`` is set
+        self.grace = shutdown_grace_period
+        self.grace_handle: asyncio.TimerHandle | None = None
         sb = self.buffer
         sb.clock = loop_turns(loop)
         # sends outside the writer task (the producer's own, a fan-out's) run in the buffer
         # (compiled where built); these hooks are the parts that stay here
         sb.send = send
-        sb.on_error = self._send_error
-        sb.interrupt = self._interrupt_producer
-        sb.finish = self._finish_send
+        sb.owner = self  # send_failed, interrupt_producer, finish_send
         if send_timeout is not None:
             sb.on_start = self._timed_start
         if ping_when_idle or stats is not None:
             sb.on_sent = self._after_send
-        #: the context the writer task runs in (a copy of the response's), also for inline sends
-        self.context: contextvars.Context | None = None
+        #: a copy of the response's context, made as the stream opens: the writer task, a fan-out's
+        #: sends, the disconnect listener and the loop timers run in it (one copy, not one each)
+        self.context = sb.context = contextvars.copy_context()
 
     # -- stop requests (loop thread: other tasks, timers, callbacks) ----------
+
+    def on_shutdown(self) -> None:
+        """The server is exiting (``_shutdown.Registry``): stop, or set ``shutdown_event`` and stop after the grace period."""
+        event = self.shutdown_event
+        if event is not None:
+            # let the producer finish by itself (farewell event), then stop it
+            event.set()
+            if self.grace > 0:
+                self.grace_handle = self.loop.call_later(self.grace, self.stop, STOP_SHUTDOWN)
+                return
+        self.stop(STOP_SHUTDOWN)
 
     def stop(self, reason: str) -> None:
         """Ask the stream to end.
@@ -293,12 +342,12 @@ class StreamWriter:
             self._flush_deadline = self.loop.call_later(bound, self.stop, STOP_DISCONNECT)
         if phase == _PRODUCING and not (self.buffer.own_send and reason == STOP_SHUTDOWN):
             # (a shutdown lets a send outside the writer task complete: ``send_done`` stops it then)
-            self._interrupt_producer()
+            self.interrupt_producer()
         if reason == STOP_DISCONNECT:
             self._cancel_writer()
             self._cut_foreign_send()
             if phase == _STARTING or phase == _FINAL:
-                self._interrupt_producer()  # a pending start or final send: the client is gone
+                self.interrupt_producer()  # a pending start or final send: the client is gone
 
     def fail(self, exc: BaseException) -> None:
         """End the stream with ``exc`` (raised by the response once cleaned up)."""
@@ -326,7 +375,8 @@ class StreamWriter:
             fanout.release(task)
             task.cancel()
 
-    def _interrupt_producer(self) -> None:
+    def interrupt_producer(self) -> None:
+        """Cancel the producer where it awaits (also the ``StreamBuffer`` hook after a send of a stopped stream)."""
         # anyio's cancel scope, as sse-starlette's task group uses: the task is
         # cancelled where it awaits, shielded scopes in the user's code are
         # respected, and cancellation from anyone else still propagates
@@ -346,7 +396,7 @@ class StreamWriter:
             now = self.loop.time()
             self._last_send = now
             self._next_ping = now + self.ping
-            self._ping_handle = self.loop.call_at(self._next_ping, self._on_ping_timer)
+            self._ping_handle = self.loop.call_at(self._next_ping, self._on_ping_timer, context=self.context)
 
     def _on_ping_timer(self) -> None:
         self._ping_handle = None
@@ -365,7 +415,7 @@ class StreamWriter:
                 return
             self.buffer.append_ping(data)
             self.buffer.notify()
-        self._ping_handle = loop.call_at(self._next_ping, self._on_ping_timer)
+        self._ping_handle = loop.call_at(self._next_ping, self._on_ping_timer, context=self.context)
 
     def _ping_bytes(self) -> bytes:
         factory = self.ping_factory
@@ -398,6 +448,9 @@ class StreamWriter:
         if self._flush_deadline is not None:
             self._flush_deadline.cancel()
             self._flush_deadline = None
+        if self.grace_handle is not None:
+            self.grace_handle.cancel()
+            self.grace_handle = None
         self._cancel_writer()
 
     # -- metrics ------------------------------------------------------------------
@@ -447,23 +500,23 @@ class StreamWriter:
         if self.stats is not None and self._stats_timer is None:
             self._arm_stats()
 
-    def _send_error(self, exc: Exception) -> None:
-        # ``StreamBuffer.on_error``: a send outside the writer task failed
+    def send_failed(self, exc: Exception) -> None:
+        """``StreamBuffer`` hook: a send outside the writer task failed with ``exc``."""
         if isinstance(exc, OSError):
             self.stop(STOP_DISCONNECT)  # ASGI 2.4: send() raises OSError once the client is gone
         else:
             self.fail(exc)
 
-    async def _finish_send(self, aw: Any, waiting: Any, size: int, events: int, turn: int,
-                           context: contextvars.Context | None) -> None:
-        """``StreamBuffer.finish``: the rest of a send that suspended in its first step, in the same task."""
+    async def finish_send(self, aw: Any, waiting: Any, size: int, events: int, turn: int,
+                          context: contextvars.Context | None) -> None:
+        """``StreamBuffer`` hook: the rest of a send that suspended in its first step, in the same task."""
         sb = self.buffer
         try:
             await _run_in(context, aw, waiting)
         except Exception as exc:
             sb.send_started = None
             sb.own_send = False
-            self._send_error(exc)
+            self.send_failed(exc)
             return
         except BaseException:
             sb.send_started = None
@@ -561,24 +614,35 @@ class StreamWriter:
         self.task = asyncio.current_task(self.loop)
         sb = self.buffer
         failure: Exception | None = None
+        producing = False
+        # one scope for the start and the events: a disconnect cancels either
         with self._enter(_STARTING):
             await self.send(start)
-        if self.stop_reason is None:
-            self.context = sb.context = contextvars.copy_context()
-            self.writer_task = self.loop.create_task(self._write_loop(), context=self.context)
-            self._arm_ping()
-            with self._enter(_PRODUCING):
+            if self.stop_reason is None:
+                producing = True
+                sb.wake = _WriterNotStarted(self)  # the writer task starts when first needed
+                self._arm_ping()
+                self.phase = _PRODUCING
+                self._sync()
+                # an item counts as awaited (sent in this task) only once the producer has suspended
+                # since the start too: a producer with items ready at once is batched from the first
+                sb.stamp = sb.clock.stamp(self.loop)
                 try:
                     await _encoder.produce(iterator, sb)
                 except Exception as exc:
                     failure = exc
+        if producing:
             self.phase = _FLUSHING
             self._sync()
             self._scope = None
             sb.closing = True
-            sb.notify()
             writer = self.writer_task
-            if not writer.done():
+            if writer is None and not len(sb) and not sb.own_send:
+                sb.wake = None  # nothing was ever left to the writer task: it never starts
+            else:
+                sb.notify()  # (starts it when a fan-out's send is still in flight)
+                writer = self.writer_task
+            if writer is not None and not writer.done():
                 await asyncio.wait((writer,))
             if self.error is not None:
                 raise self.error
@@ -599,12 +663,12 @@ class StreamWriter:
             self._scope = None
 
     def _enter(self, phase: int) -> anyio.CancelScope:
-        """A cancel scope for ``phase``; one per phase, never one per event."""
+        """The cancel scope of the stream from ``phase`` on: two per stream (start and events; the final send), never one per event."""
         self.phase = phase
         self._sync()
         scope = self._scope = anyio.CancelScope()
-        if self.stop_reason is not None and (phase == _PRODUCING or self.stop_reason == STOP_DISCONNECT):
-            scope.cancel()  # stopped meanwhile
+        if self.stop_reason == STOP_DISCONNECT:
+            scope.cancel()  # the client left meanwhile
         return scope
 
     async def send_final(self, message: dict[str, Any]) -> None:

@@ -115,28 +115,6 @@ def _denial_send(send: Send) -> Send:
     return wrapped
 
 
-class _Stream:
-    """Per-request state, registered with the loop's shutdown registry."""
-
-    __slots__ = ("writer", "shutdown_event", "grace", "loop", "grace_handle", "__weakref__")
-
-    def __init__(self, writer: StreamWriter, shutdown_event: Any, grace: float, loop: Any) -> None:
-        self.writer = writer
-        self.shutdown_event = shutdown_event
-        self.grace = grace
-        self.loop = loop
-        self.grace_handle: asyncio.TimerHandle | None = None
-
-    def on_shutdown(self) -> None:
-        if self.shutdown_event is not None:
-            # let the producer finish by itself (farewell event), then stop it
-            self.shutdown_event.set()
-            if self.grace > 0:
-                self.grace_handle = self.loop.call_later(self.grace, self.writer.stop, STOP_SHUTDOWN)
-                return
-        self.writer.stop(STOP_SHUTDOWN)
-
-
 class EventSourceResponse(Response):
     """Stream ``content`` to the client as an event stream (``text/event-stream``).
 
@@ -328,6 +306,8 @@ class EventSourceResponse(Response):
 
     async def _call_asyncio(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send,
                             start: Message, iterator: Any, stats: Any) -> None:
+        # one coroutine for the whole stream on asyncio: each frame and object kept per open
+        # stream costs memory and garbage-collector time (issue 16: CPU to open idle streams)
         writer = StreamWriter(
             send,
             loop,
@@ -338,62 +318,57 @@ class EventSourceResponse(Response):
             ping_when_idle=self.ping_when_idle,
             max_buffer_bytes=self.max_buffer_bytes,
             stats=stats,
+            shutdown_event=self._shutdown_event,
+            shutdown_grace_period=self._shutdown_grace_period,
         )
-        if stats is None:
-            await self._stream_asyncio(loop, writer, receive, start, iterator)
-            return
-        stats.opened()
+        if stats is not None:
+            stats.opened()
+        failure: BaseException | None = None
         try:
-            await self._stream_asyncio(loop, writer, receive, start, iterator)
-        except BaseException as exc:
-            writer.flush_stats()
-            stats.ended(end_reason(writer.first_stop, exc))
-            raise
-        writer.flush_stats()
-        stats.ended(end_reason(writer.first_stop, None))
-
-    async def _stream_asyncio(self, loop: asyncio.AbstractEventLoop, writer: StreamWriter, receive: Receive,
-                              start: Message, iterator: Any) -> None:
-        attach = getattr(self.body_iterator, "_sse_fast_attach", None)
-        if attach is not None:  # a broadcast subscription delivers straight to this writer
-            attach(writer)
-        registry = registry_for(loop)
-        stream = _Stream(writer, self._shutdown_event, self._shutdown_grace_period, loop)
-        registry.add(stream)
-        # the listener and the data sender start before the start message is
-        # sent: a data sender may be what lets a pending start complete
-        listener = loop.create_task(self._listen_for_disconnect(receive, writer))
-        sender = None
-        if self.data_sender_callable is not None:
-            sender = loop.create_task(self._run_data_sender(writer))
-        self.active = True
-        try:
-            if registry.exiting:
-                stream.on_shutdown()
+            attach = getattr(self.body_iterator, "_sse_fast_attach", None)
+            if attach is not None:  # a broadcast subscription delivers straight to this writer
+                attach(writer)
+            registry = registry_for(loop)
+            registry.add(writer)
+            # the listener and the data sender start before the start message is
+            # sent: a data sender may be what lets a pending start complete
+            listener = loop.create_task(self._listen_for_disconnect(receive, writer), context=writer.context)
+            sender = None
+            if self.data_sender_callable is not None:
+                sender = loop.create_task(self._run_data_sender(writer))
+            self.active = True
             try:
-                await writer.run(start, iterator)
+                if registry.exiting:
+                    writer.on_shutdown()
+                try:
+                    await writer.run(start, iterator)
+                finally:
+                    # runs the generator's finally when it is suspended at a yield;
+                    # also closes a memory object stream given as content
+                    await self._close_iterator(iterator)
             finally:
-                # runs the generator's finally when it is suspended at a yield;
-                # also closes a memory object stream given as content
-                await self._close_iterator(iterator)
+                self.active = False
+                writer.close()
+                registry.discard(writer)
+                if sender is not None and not sender.done():
+                    sender.cancel()
+                await self._finish_listener(listener, writer)
+                if sender is not None:
+                    await asyncio.wait((sender,))
+                w = writer.writer_task
+                if w is not None and not w.done():
+                    await asyncio.wait((w,))
+            if sender is not None and not sender.cancelled():
+                exc = sender.exception()
+                if exc is not None:
+                    raise exc
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            self.active = False
-            writer.close()
-            registry.discard(stream)
-            if stream.grace_handle is not None:
-                stream.grace_handle.cancel()
-            if sender is not None and not sender.done():
-                sender.cancel()
-            await self._finish_listener(listener, writer)
-            if sender is not None:
-                await asyncio.wait((sender,))
-            w = writer.writer_task
-            if w is not None and not w.done():
-                await asyncio.wait((w,))
-        if sender is not None and not sender.cancelled():
-            exc = sender.exception()
-            if exc is not None:
-                raise exc
+            if stats is not None:
+                writer.flush_stats()
+                stats.ended(end_reason(writer.first_stop, failure))
 
     async def _call_generic(self, receive: Receive, send: Send, start: Message, iterator: Any,
                             stats: Any) -> None:

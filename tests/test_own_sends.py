@@ -358,13 +358,18 @@ def _wired_buffer(impl, loop, send=_sink):
     sb.phase = PRODUCING
     sb.wake = loop.create_future()  # the writer task waits for data
     log = []
-    sb.on_error = lambda exc: log.append(("error", exc))
-    sb.interrupt = lambda: log.append(("interrupt",))
 
-    async def finish(aw, waiting, size, events, turn, context):
-        log.append(("finish", size, events))
+    class Owner:  # the stream writer's side of the buffer's sends
+        def send_failed(self, exc):
+            log.append(("error", exc))
 
-    sb.finish = finish
+        def interrupt_producer(self):
+            log.append(("interrupt",))
+
+        async def finish_send(self, aw, waiting, size, events, turn, context):
+            log.append(("finish", size, events))
+
+    sb.owner = Owner()
     return sb, log
 
 
