@@ -143,14 +143,27 @@ def _registry(key: Any, call_soon_threadsafe: Callable[[Callable[[], None]], Any
     return reg
 
 
+# the last loop asked for and its registry: a server runs one loop, and every stream asks
+# (a weak reference, so a closed loop is not kept alive; issue 16: CPU to open a stream)
+_last: tuple[Any, Registry | None] = (lambda: None, None)
+
+
 def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
     """Return the registry of ``loop``, creating it and hooking the server running on it."""
-    reg = _registry(loop, loop.call_soon_threadsafe)
-    if reg.hooked is None:
-        from ._servers import hook_asyncio
+    ref, reg = _last
+    if ref() is not loop or reg is None or reg.hooked is None:
+        reg = _registry(loop, loop.call_soon_threadsafe)
+        if reg.hooked is None:
+            from ._servers import hook_asyncio
 
-        hook_asyncio(reg, loop)
+            hook_asyncio(reg, loop)
+        _set_last(loop, reg)
     return reg
+
+
+def _set_last(loop: Any, reg: Registry) -> None:
+    global _last
+    _last = (weakref.ref(loop), reg)
 
 
 class _TrioKey:

@@ -149,11 +149,21 @@ def end_reason(first_stop: str | None, exc: BaseException | None) -> str:
 _loop_turns: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
+# the last loop asked for and its counter (a server runs one loop; a weak reference, so a
+# closed loop is not kept alive): a WeakKeyDictionary lookup per stream opened costs more
+_last_turns: tuple[Any, Any] = (lambda: None, None)
+
+
 def loop_turns(loop: asyncio.AbstractEventLoop) -> Any:
     """The ``_encoder.LoopTurns`` of ``loop`` (one per loop, shared by its streams)."""
+    global _last_turns
+    ref, turns = _last_turns
+    if ref() is loop and type(turns) is _encoder.LoopTurns:
+        return turns
     turns = _loop_turns.get(loop)
     if turns is None or type(turns) is not _encoder.LoopTurns:  # (the tests swap encoder twins)
         turns = _loop_turns[loop] = _encoder.LoopTurns()
+    _last_turns = (weakref.ref(loop), turns)
     return turns
 
 
@@ -666,7 +676,7 @@ class StreamWriter:
         """The cancel scope of the stream from ``phase`` on: two per stream (start and events; the final send), never one per event."""
         self.phase = phase
         self._sync()
-        scope = self._scope = anyio.CancelScope()
+        scope = self._scope = _asyncio_cancel_scope()
         if self.stop_reason == STOP_DISCONNECT:
             scope.cancel()  # the client left meanwhile
         return scope
@@ -678,6 +688,25 @@ class StreamWriter:
             SendTimeoutError: the send did not complete in time.
         """
         await send_within(self.send, message, self.send_timeout)
+
+
+_scope_class: Any = None
+
+
+def _asyncio_cancel_scope() -> anyio.CancelScope:
+    """A new ``anyio.CancelScope`` of anyio's asyncio backend (call only on an asyncio loop).
+
+    ``anyio.CancelScope()`` asks sniffio which library runs on each call (about 1.7 us, most of
+    a scope's cost when a stream opens: issue 16); on asyncio the answer is always the asyncio
+    backend's class, which is remembered from the first call and built directly.
+    """
+    global _scope_class
+    cls = _scope_class
+    if cls is None:
+        scope = anyio.CancelScope()
+        _scope_class = type(scope)
+        return scope
+    return cls()
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> Any:

@@ -200,16 +200,22 @@ class EventSourceResponse(Response):
             raise TypeError(f"content must be an async iterable or an iterable, got {content!r}")
         if isinstance(status_code, bool) or not isinstance(status_code, int):
             raise TypeError(f"status_code must be an int, got {status_code!r}")
-        _check_seconds("send_timeout", send_timeout, allow_none=True, allow_zero=False)
-        _check_seconds("shutdown_grace_period", shutdown_grace_period, allow_none=False)
-        _check_seconds("cleanup_timeout", cleanup_timeout, allow_none=True)
-        for name, fn in (
-            ("ping_message_factory", ping_message_factory),
-            ("data_sender_callable", data_sender_callable),
-            ("client_close_handler_callable", client_close_handler_callable),
-        ):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
+        # the defaults skip the checks: a response is built per stream (issue 16: CPU to open)
+        if send_timeout is not None:
+            _check_seconds("send_timeout", send_timeout, allow_none=True, allow_zero=False)
+        if shutdown_grace_period != 0 or type(shutdown_grace_period) is not int:
+            _check_seconds("shutdown_grace_period", shutdown_grace_period, allow_none=False)
+        if cleanup_timeout != self.DEFAULT_CLEANUP_TIMEOUT or type(cleanup_timeout) is not float:
+            _check_seconds("cleanup_timeout", cleanup_timeout, allow_none=True)
+        if ping_message_factory is not None or data_sender_callable is not None \
+                or client_close_handler_callable is not None:
+            for name, fn in (
+                ("ping_message_factory", ping_message_factory),
+                ("data_sender_callable", data_sender_callable),
+                ("client_close_handler_callable", client_close_handler_callable),
+            ):
+                if fn is not None and not callable(fn):
+                    raise TypeError(f"{name} must be callable, got {fn!r}")
         if shutdown_event is not None and not (hasattr(shutdown_event, "set") and hasattr(shutdown_event, "is_set")):
             raise TypeError(f"shutdown_event must be an anyio.Event or asyncio.Event, got {shutdown_event!r}")
         if isinstance(max_buffer_bytes, bool) or not isinstance(max_buffer_bytes, int):
@@ -245,8 +251,6 @@ class EventSourceResponse(Response):
             self.raw_headers = list(_DEFAULT_RAW_HEADERS)
         else:
             self.raw_headers = _build_raw_headers(headers, media_type, self.charset)
-        # HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2)
-        self._raw_headers_h2 = [(k, v) for k, v in self.raw_headers if k != b"connection"]
 
     @property
     def ping_interval(self) -> int | float:
@@ -274,7 +278,11 @@ class EventSourceResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             send = _denial_send(send)
-        headers = self._raw_headers_h2 if scope.get("http_version") == "2" else self.raw_headers
+        headers = self.raw_headers
+        if scope.get("http_version") == "2":
+            # HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2); built here, not in
+            # __init__, so that headers set on the response after it was made are kept
+            headers = [(k, v) for k, v in headers if k != b"connection"]
         start = {"type": "http.response.start", "status": self.status_code, "headers": headers}
         method = scope.get("method")
         if scope["type"] == "http" and isinstance(method, str) and method.upper() == "HEAD":
@@ -288,26 +296,12 @@ class EventSourceResponse(Response):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no asyncio loop: anyio's trio backend
             await self._call_generic(receive, send, start, iterator, stats)
-        else:
-            await self._call_asyncio(loop, receive, send, start, iterator, stats)
-        if self.background is not None:
-            await self.background()
-
-    async def _head(self, send: Send, start: Message) -> None:
-        # headers only, the iterator is never started (sse-starlette #218);
-        # send_timeout bounds both sends
-        await self._send_within_timeout(send, start)
-        await self._send_within_timeout(send, {"type": "http.response.body", "body": b"", "more_body": False})
-        if self.background is not None:
-            await self.background()
-
-    async def _send_within_timeout(self, send: Send, message: Message) -> None:
-        await send_within(send, message, self.send_timeout)
-
-    async def _call_asyncio(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send,
-                            start: Message, iterator: Any, stats: Any) -> None:
-        # one coroutine for the whole stream on asyncio: each frame and object kept per open
-        # stream costs memory and garbage-collector time (issue 16: CPU to open idle streams)
+            if self.background is not None:
+                await self.background()
+            return
+        # asyncio: the whole stream in this coroutine, not one it awaits: each level of coroutine
+        # between the server and the producer costs a pass on every suspension and resumption of
+        # an awaiting producer, and a frame kept per open stream (issue 16)
         writer = StreamWriter(
             send,
             loop,
@@ -369,6 +363,19 @@ class EventSourceResponse(Response):
             if stats is not None:
                 writer.flush_stats()
                 stats.ended(end_reason(writer.first_stop, failure))
+        if self.background is not None:
+            await self.background()
+
+    async def _head(self, send: Send, start: Message) -> None:
+        # headers only, the iterator is never started (sse-starlette #218);
+        # send_timeout bounds both sends
+        await self._send_within_timeout(send, start)
+        await self._send_within_timeout(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()
+
+    async def _send_within_timeout(self, send: Send, message: Message) -> None:
+        await send_within(send, message, self.send_timeout)
 
     async def _call_generic(self, receive: Receive, send: Send, start: Message, iterator: Any,
                             stats: Any) -> None:
