@@ -58,6 +58,12 @@ def test_http2_has_no_connection_header(impl):
     assert b"connection" not in names and b"cache-control" in names
     c = asyncio.run(drive(EventSourceResponse(numbers(1))))
     assert (b"connection", b"keep-alive") in c.messages[0][1]["headers"]
+    # a header set after the response was made goes out on HTTP/2 too (the list is built per stream)
+    resp = EventSourceResponse(numbers(1))
+    resp.headers["x-late"] = "1"
+    c = asyncio.run(drive(resp, sc=scope(http_version="2")))
+    headers = c.messages[0][1]["headers"]
+    assert (b"x-late", b"1") in headers and b"connection" not in [k for k, _ in headers]
 
 
 def test_head_sends_headers_only_and_runs_background(impl):
@@ -424,7 +430,15 @@ def test_many_loops_in_many_threads(impl):
         ({"send_timeout": 0}, ValueError, "send_timeout"),
         ({"send_timeout": "5"}, TypeError, "send_timeout"),
         ({"shutdown_grace_period": -1}, ValueError, "shutdown_grace_period"),
+        # the defaults skip the checks: values near them must not
+        ({"shutdown_grace_period": None}, TypeError, "shutdown_grace_period"),
+        ({"shutdown_grace_period": "0"}, TypeError, "shutdown_grace_period"),
+        ({"shutdown_grace_period": False}, TypeError, "shutdown_grace_period"),
+        ({"shutdown_grace_period": float("nan")}, ValueError, "shutdown_grace_period"),
         ({"cleanup_timeout": -1}, ValueError, "cleanup_timeout"),
+        ({"cleanup_timeout": "30.0"}, TypeError, "cleanup_timeout"),
+        ({"cleanup_timeout": float("nan")}, ValueError, "cleanup_timeout"),
+        ({"send_timeout": float("nan")}, ValueError, "send_timeout"),
         ({"ping_message_factory": "ping"}, TypeError, "ping_message_factory"),
         ({"data_sender_callable": 3}, TypeError, "data_sender_callable"),
         ({"client_close_handler_callable": 3}, TypeError, "client_close_handler_callable"),
@@ -436,6 +450,14 @@ def test_many_loops_in_many_threads(impl):
 def test_bad_arguments_fail_in_constructor(kwargs, exc, words):
     with pytest.raises(exc, match=words):
         EventSourceResponse(numbers(1), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"shutdown_grace_period": 0.0}, {"shutdown_grace_period": 2},
+                                    {"cleanup_timeout": None}, {"cleanup_timeout": 30}, {"cleanup_timeout": 0}])
+def test_durations_near_the_defaults_are_accepted(kwargs):
+    resp = EventSourceResponse(numbers(1), **kwargs)
+    name, value = next(iter(kwargs.items()))
+    assert getattr(resp, "_" + name) == value
 
 
 @pytest.mark.parametrize("content", ["a string", b"bytes", 42, None])
