@@ -1,11 +1,11 @@
 """``EventSourceResponse``: a Starlette response that streams an event stream.
 
 Drop-in for ``sse_starlette.sse.EventSourceResponse`` (same arguments, same
-bytes on the wire), built lean: per connection, on asyncio, three tasks: the
-response's own, which runs the user's iterator with ``async for`` (the
-producer), the writer task that sends batches, and one that awaits
-``receive()`` for ``http.disconnect`` (plus ``data_sender_callable``'s when
-given). Pings and send deadlines are loop timers; shutdown comes from one
+bytes on the wire), built lean: per connection, on asyncio, at most three
+tasks: the response's own, which runs the user's iterator with ``async for``
+(the producer), one that awaits ``receive()`` for ``http.disconnect``, and the
+writer task that sends batches, started the first time it is needed (plus
+``data_sender_callable``'s when given). Pings and send deadlines are loop timers; shutdown comes from one
 registry per event loop (``_shutdown``). Under anyio's trio backend the
 generic writer (``_writer_anyio``) serves the same contract.
 """
