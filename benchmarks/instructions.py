@@ -104,8 +104,14 @@ async def _open(impl: str, n: int) -> None:
             await _response_class(impl)(apps.idle_events(), ping=15)(conn.scope, receive, send)
 
     tasks = [loop.create_task(one()) for _ in range(n)]
+    deadline = time.monotonic() + 120
     while started < n:
         await asyncio.sleep(0)
+        if time.monotonic() > deadline:  # a stream that failed never starts: say why, do not spin
+            failed = next((t for t in tasks if t.done()), None)
+            if failed is not None:
+                failed.result()
+            raise RuntimeError(f"only {started} of {n} streams started within 120 s")
     for _ in range(3):
         await asyncio.sleep(0)
     del tasks
