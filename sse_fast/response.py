@@ -5,8 +5,8 @@ bytes on the wire), built lean: per connection, on asyncio, at most three
 tasks: the response's own, which runs the user's iterator with ``async for``
 (the producer), one that awaits ``receive()`` for ``http.disconnect``, and the
 writer task that sends batches, started the first time it is needed (plus
-``data_sender_callable``'s when given). Pings and send deadlines are loop timers; shutdown comes from one
-registry per event loop (``_shutdown``). Under anyio's trio backend the
+``data_sender_callable``'s when given). Pings and send deadlines are loop
+timers; shutdown comes from one registry per event loop (``_shutdown``). Under anyio's trio backend the
 generic writer (``_writer_anyio``) serves the same contract.
 """
 
@@ -276,6 +276,18 @@ class EventSourceResponse(Response):
         raise NotImplementedError("Compression is not supported for event streams")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the event stream on one ASGI connection; return when it has ended.
+
+        ``HEAD`` gets the headers only. On a websocket scope the stream goes out
+        as a denial response. ``background`` runs after the stream ended by itself
+        or by a disconnect.
+
+        Raises:
+            SendTimeoutError: a send took longer than ``send_timeout`` seconds.
+            Whatever the iterator, ``send``, the ping factory or the data sender
+            raises (the events produced before an iterator error are sent first).
+            CancelledError: the server cancelled the request's task.
+        """
         if scope["type"] == "websocket":
             send = _denial_send(send)
         headers = self.raw_headers
