@@ -15,6 +15,7 @@ Usage::
     python benchmarks/many_streams.py                  # 1,000 and 5,000 streams, 30 s idle windows
     python benchmarks/many_streams.py --quick          # 200 and 1,000 streams, 15 s windows
     python benchmarks/many_streams.py --counts 1000,5000 --idle 30 --json out.json
+    python benchmarks/many_streams.py --counts 1000,5000 --idle 15 --rounds 3   # medians, ratios per round
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import os
+import statistics
 import sys
 import time
 
@@ -32,8 +34,8 @@ import psutil  # noqa: E402
 from _harness import (  # noqa: E402
     cpu_seconds,
     hold_many,
-    loop_runner,
     machine,
+    measure_rounds,
     probe_status,
     report,
     request_bytes,
@@ -150,18 +152,43 @@ async def measure_impl(impl: str, counts: list[int], idle: float, ping: float, l
     return out
 
 
-def run(counts=(1000, 5000), idle: float = 30.0, ping: float = 15.0, impls=IMPLS, log=print) -> dict:
-    """Measure every implementation; returns a JSON-able dict (see ``table``)."""
+def run(counts=(1000, 5000), idle: float = 30.0, ping: float = 15.0, impls=IMPLS, rounds: int = 1,
+        log=print) -> dict:
+    """Measure every implementation ``rounds`` times (alternating order); returns a JSON-able dict (see ``table``).
+
+    With several rounds, each point is the median over the rounds and the
+    sse_fast / sse-starlette ratios are the medians of the ratios taken within
+    each round (``ratios``; rows measured minutes apart drift on a shared machine).
+    """
     hold_many(max(counts))
-    runner = loop_runner()
-    res = {"counts": list(counts), "idle_s": idle, "ping_s": ping, "results": [], "machine": machine(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    per_round = measure_rounds(lambda impl: measure_impl(impl, list(counts), idle, ping, log), list(impls),
+                               rounds, log)
+    results = []
     for impl in impls:
-        try:
-            res["results"].append(runner(measure_impl(impl, list(counts), idle, ping, log)))
-        except RuntimeError as exc:
-            log(f"  {impl}: unavailable ({exc})")
-    return res
+        runs = [r[impl] for r in per_round if impl in r]
+        if not runs:
+            continue
+        points = []
+        for i, _ in enumerate(counts):
+            pts = [r["points"][i] for r in runs]
+            points.append({k: (_median([p[k] for p in pts]) if isinstance(v, float) else v)
+                           for k, v in pts[0].items()})
+        results.append({"impl": impl, "points": points, "rounds": len(runs)})
+    ratios = {}
+    for i, n in enumerate(counts):
+        ratios[n] = {}
+        for key in ("rss_kib_per_stream", "open_cpu_ms_per_stream", "idle_cpu_percent"):
+            vals = [r["sse_fast"]["points"][i][key] / r["sse_starlette"]["points"][i][key]
+                    for r in per_round if "sse_fast" in r and "sse_starlette" in r
+                    and r["sse_starlette"]["points"][i].get(key)]
+            ratios[n][key] = {"median": _median(vals), "per_round": vals}
+    return {"counts": list(counts), "idle_s": idle, "ping_s": ping, "rounds": rounds, "results": results,
+            "ratios": ratios, "per_round": per_round, "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def table(res: dict) -> str:
@@ -177,12 +204,19 @@ def table(res: dict) -> str:
                 continue
             rows.append(f"| {n:,} | {impl} | {p['rss_kib_per_stream']:.1f} | {p['open_cpu_ms_per_stream']:.3f} | "
                         f"{p.get('idle_cpu_percent', float('nan')):.2f} | {p['rss_mib']:.0f} |")
-        a, b = by.get("sse_fast", {}).get(n), by.get("sse_starlette", {}).get(n)
-        if a and b:
-            def r(k, a=a, b=b):
-                return f"{a[k] / b[k]:.2f}" if b.get(k) else "n/a"
+        ratios = res.get("ratios", {}).get(n) or res.get("ratios", {}).get(str(n))  # (str keys after JSON)
+        if ratios:
+            def r(k, ratios=ratios):
+                got = ratios.get(k) or {}
+                per = got.get("per_round") or []
+                if not per:
+                    return "n/a"
+                return f"{got['median']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in per)})" if len(per) > 1 else "")
             rows.append(f"| {n:,} | sse_fast / sse-starlette | {r('rss_kib_per_stream')} | "
                         f"{r('open_cpu_ms_per_stream')} | {r('idle_cpu_percent')} | |")
+    if res.get("rounds", 1) > 1:
+        rows.insert(1, f"Medians of {res['rounds']} rounds (alternating order); ratios: the median of the "
+                       "ratios taken within each round, each round's in brackets.\n")
     return "\n".join(rows)
 
 
@@ -193,11 +227,12 @@ def main(argv=None) -> int:
     ap.add_argument("--idle", type=float, default=None, help="idle window in seconds (default 30)")
     ap.add_argument("--ping", type=float, default=15.0)
     ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--rounds", type=int, default=1, help="measure every impl N times, alternating the order")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.counts.split(",")] if args.counts else ([200, 1000] if args.quick else [1000, 5000])
     idle = args.idle if args.idle is not None else (15.0 if args.quick else 30.0)
-    res = run(counts, idle, args.ping, args.impls.split(","))
+    res = run(counts, idle, args.ping, args.impls.split(","), args.rounds)
     return report(res, table, args.json)
 
 
