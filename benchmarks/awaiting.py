@@ -23,6 +23,12 @@ Rows (``--impls``), the same generator in each library's response (defaults:
 - ``fastapi``: FastAPI's own ``fastapi.sse.EventSourceResponse`` route
   yielding ``ServerSentEvent(raw_data=..., id=...)``.
 
+``--side-by-side`` runs every impl's server at the same time, all pinned to
+core 0, each with ``--streams`` streams, and measures them in one window per
+round: the machine's drift then weighs on every row alike (sequential rows
+measured minutes apart drifted by 10-30% here). Keep the servers' total load
+under one core (e.g. 3 impls x 400 streams x 20/s).
+
 Data: ``{"seq":N,"t":<time.time()>,"p":"xx..."}`` padded to ``size`` bytes
 (default 100, ~130 bytes on the wire with the id). Issue 16's target: sse_fast
 <= 1.10x the raw row's CPU at 1,000 x 20/s, latency p50 <= 0.1 ms.
@@ -33,12 +39,14 @@ Usage::
     python benchmarks/awaiting.py --quick                # 300 streams x 20/s, 6 s window
     python benchmarks/awaiting.py --streams 1000 --interval 0.1 --json out.json
     python benchmarks/awaiting.py --impls raw,sse_fast
+    python benchmarks/awaiting.py --side-by-side --impls raw,hand,sse_fast --streams 400 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -49,6 +57,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import (  # noqa: E402
     cpu_seconds,
+    hold_many,
+    loop_runner,
+    machine,
+    median_result,
     probe_status,
     report,
     request_bytes,
@@ -197,11 +209,12 @@ class Client(asyncio.Protocol):
             self.head.set_result(True)
         last = 0
         rec = Client.recording
+        cls = type(self)  # Client, or one impl's subclass in a side-by-side run
         for m in T_RE.finditer(buf):
             last = m.end()
             if rec:
-                Client.events_read += 1
-                Client.latencies.append(now - float(m.group(1)))
+                cls.events_read += 1
+                cls.latencies.append(now - float(m.group(1)))
         self.buf = buf[last:][-64:]  # a "t" cut by the read waits for the rest
 
     def connection_lost(self, exc) -> None:
@@ -260,6 +273,88 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
     return res
 
 
+async def _open_clients(cls: type, port: int, path: str, streams: int) -> list:
+    loop = asyncio.get_running_loop()
+    req = request_bytes(path, close=False)
+    sem = asyncio.Semaphore(100)
+    clients: list = []
+
+    async def one() -> None:
+        async with sem:
+            _, proto = await loop.create_connection(cls, "127.0.0.1", port)
+            proto.transport.write(req)
+            await asyncio.wait_for(proto.head, 30)
+            if proto.status != 200:
+                raise RuntimeError(f"stream answered status {proto.status}")
+            clients.append(proto)
+
+    await asyncio.gather(*(one() for _ in range(streams)))
+    return clients
+
+
+async def measure_side_by_side(impls: list[str], streams: int, seconds: float, interval: float, size: int,
+                               log=print) -> dict[str, dict]:
+    """Every impl on its own fresh server at the same time, all pinned to the server core; one window.
+
+    The machine's drift (other tenants, frequency) then weighs on every impl
+    alike, which sequential rows cannot promise. ``streams`` is per server:
+    keep the sum of the servers' load under one core.
+
+    Returns:
+        ``{impl: result}``, each as ``measure_impl``'s.
+    """
+    with contextlib.ExitStack() as stack:
+        srvs = {impl: stack.enter_context(server(app="awaiting:app")) for impl in impls}
+        classes = {impl: type(f"Client_{impl}", (Client,), {"latencies": [], "events_read": 0}) for impl in impls}
+        clients = []
+        for impl, srv in srvs.items():
+            path = f"/awaiting?impl={impl}&interval={interval:g}&size={size}"
+            status, text = probe_status(srv.port, path)
+            if status != 200:
+                raise RuntimeError(f"{impl}: status {status}: {text.strip()[:200]}")
+            clients += await _open_clients(classes[impl], srv.port, path, streams)
+        await asyncio.sleep(2.0)  # settle: the streams' schedules spread
+        for cls in classes.values():
+            cls.latencies, cls.events_read = [], 0
+        Client.recording = True
+        c0 = {impl: cpu_seconds(srv.pid) for impl, srv in srvs.items()}
+        t0 = time.perf_counter()
+        await asyncio.sleep(seconds)
+        c1 = {impl: cpu_seconds(srv.pid) for impl, srv in srvs.items()}
+        t1 = time.perf_counter()
+        Client.recording = False
+        for c in clients:
+            c.transport.close()
+        await asyncio.sleep(0.3)
+    wall = t1 - t0
+    out = {}
+    for impl in impls:
+        cls = classes[impl]
+        lat = sorted(cls.latencies)
+        expected = streams * wall / interval
+        res = {"impl": impl, "streams": streams, "seconds": wall, "events": cls.events_read,
+               "events_expected": expected, "server_cpu_percent": 100 * (c1[impl] - c0[impl]) / wall,
+               "p50_ms": _pct(lat, 0.50) * 1e3, "p90_ms": _pct(lat, 0.90) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
+        log(f"  {impl:14s} {streams} x {1 / interval:g}/s (side by side): server CPU "
+            f"{res['server_cpu_percent']:.1f}%, latency p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
+            f"{100 * res['events'] / expected:.0f}% of expected events")
+        out[impl] = res
+    return out
+
+
+def run_side_by_side(streams: int, seconds: float, interval: float, size: int, impls, rounds: int,
+                     log=print) -> dict:
+    """``rounds`` side-by-side windows (``measure_side_by_side``), summed up as ``run``'s result."""
+    hold_many(streams * len(impls))
+    runner = loop_runner()
+    per_round = [runner(measure_side_by_side(list(impls), streams, seconds, interval, size, log))
+                 for _ in range(rounds)]
+    results = [m for m in (median_result(per_round, impl) for impl in IMPLS) if m is not None]
+    return {"streams": streams, "seconds": seconds, "interval": interval, "size": size, "side_by_side": True,
+            "results": results, "ratios": _ratios(per_round), "rounds": per_round, "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
 def run(streams: int = 1000, seconds: float = 20.0, interval: float = 0.05, size: int = 100, impls=IMPLS,
         rounds: int = 1, log=print) -> dict:
     """Measure every implementation, ``rounds`` times in alternating order; returns a JSON-able dict (see ``table``).
@@ -283,7 +378,9 @@ def table(res: dict) -> str:
     n = len(res.get("rounds", [])) or 1
     rows = [f"{res['streams']:,} streams x {1 / res['interval']:g} events/s each (awaiting producers), "
             f"~{res['size']} bytes of data; {res['seconds']:g} s window; medians of {n} round(s), "
-            "ratios to raw taken within each round.\n",
+            "ratios to raw taken within each round"
+            + (" (side by side: every server at once, on one core, in each round's window; streams per server)"
+               if res.get("side_by_side") else "") + ".\n",
             "| server | server CPU % of a core | x raw | latency p50 ms | p90 ms | p99 ms | events delivered |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     by = {r["impl"]: r for r in res["results"]}
@@ -307,11 +404,17 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--rounds", type=int, default=1, help="measure every impl N times, alternating the order")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="run every impl's server at once on the server core, one window per round "
+                         "(--streams per server: keep the total load under one core)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     streams = args.streams or (300 if args.quick else 1000)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
-    res = run(streams, seconds, args.interval, args.size, args.impls.split(","), args.rounds)
+    if args.side_by_side:
+        res = run_side_by_side(streams, seconds, args.interval, args.size, args.impls.split(","), args.rounds)
+    else:
+        res = run(streams, seconds, args.interval, args.size, args.impls.split(","), args.rounds)
     return report(res, table, args.json)
 
 
