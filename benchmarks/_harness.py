@@ -19,8 +19,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -157,6 +158,35 @@ def stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
 def request_bytes(path: str, close: bool = True) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
             f"Accept-Encoding: identity\r\n{'Connection: close' if close else ''}\r\n\r\n").encode()
+
+
+async def open_clients(factory: Callable[[], Any], port: int, path: str, n: int,
+                       concurrency: int = 100) -> list[Any]:
+    """Open ``n`` streams of ``path`` on ``port`` (``concurrency`` connecting at a time), one protocol each.
+
+    ``factory`` builds an ``asyncio.Protocol`` with a ``head`` future (set once
+    the response head arrived), ``status`` and ``transport``. Returns the
+    protocols once every head arrived (30 s each at most).
+
+    Raises:
+        RuntimeError: a stream answered with a status other than 200.
+    """
+    loop = asyncio.get_running_loop()
+    req = request_bytes(path, close=False)
+    sem = asyncio.Semaphore(concurrency)
+    clients: list[Any] = []
+
+    async def one() -> None:
+        async with sem:
+            _, proto = await loop.create_connection(factory, "127.0.0.1", port)
+            proto.transport.write(req)
+            await asyncio.wait_for(proto.head, 30)
+            if proto.status != 200:
+                raise RuntimeError(f"stream answered status {proto.status}")
+            clients.append(proto)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return clients
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:

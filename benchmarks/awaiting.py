@@ -61,9 +61,9 @@ from _harness import (  # noqa: E402
     loop_runner,
     machine,
     median_result,
+    open_clients,
     probe_status,
     report,
-    request_bytes,
     round_ratio,
     run_rounds,
     server,
@@ -228,26 +228,12 @@ def _pct(vals: list[float], q: float) -> float:
 
 async def measure_impl(impl: str, streams: int, seconds: float, interval: float, size: int, log=print) -> dict:
     """Hold ``streams`` streams of ``impl`` on a fresh server; measure ``seconds`` of steady state."""
-    loop = asyncio.get_running_loop()
     with server(app="awaiting:app") as srv:
         path = f"/awaiting?impl={impl}&interval={interval:g}&size={size}"
         status, text = probe_status(srv.port, path)
         if status != 200:
             raise RuntimeError(f"status {status}: {text.strip()[:200]}")
-        req = request_bytes(path, close=False)
-        sem = asyncio.Semaphore(100)
-        clients: list[Client] = []
-
-        async def one() -> None:
-            async with sem:
-                _, proto = await loop.create_connection(Client, "127.0.0.1", srv.port)
-                proto.transport.write(req)
-                await asyncio.wait_for(proto.head, 30)
-                if proto.status != 200:
-                    raise RuntimeError(f"stream answered status {proto.status}")
-                clients.append(proto)
-
-        await asyncio.gather(*(one() for _ in range(streams)))
+        clients = await open_clients(Client, srv.port, path, streams)
         await asyncio.sleep(2.0)  # settle: the streams' schedules spread
         Client.latencies = []
         Client.events_read = 0
@@ -273,25 +259,6 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
     return res
 
 
-async def _open_clients(cls: type, port: int, path: str, streams: int) -> list:
-    loop = asyncio.get_running_loop()
-    req = request_bytes(path, close=False)
-    sem = asyncio.Semaphore(100)
-    clients: list = []
-
-    async def one() -> None:
-        async with sem:
-            _, proto = await loop.create_connection(cls, "127.0.0.1", port)
-            proto.transport.write(req)
-            await asyncio.wait_for(proto.head, 30)
-            if proto.status != 200:
-                raise RuntimeError(f"stream answered status {proto.status}")
-            clients.append(proto)
-
-    await asyncio.gather(*(one() for _ in range(streams)))
-    return clients
-
-
 async def measure_side_by_side(impls: list[str], streams: int, seconds: float, interval: float, size: int,
                                log=print) -> dict[str, dict]:
     """Every impl on its own fresh server at the same time, all pinned to the server core; one window.
@@ -312,7 +279,7 @@ async def measure_side_by_side(impls: list[str], streams: int, seconds: float, i
             status, text = probe_status(srv.port, path)
             if status != 200:
                 raise RuntimeError(f"{impl}: status {status}: {text.strip()[:200]}")
-            clients += await _open_clients(classes[impl], srv.port, path, streams)
+            clients += await open_clients(classes[impl], srv.port, path, streams)
         await asyncio.sleep(2.0)  # settle: the streams' schedules spread
         for cls in classes.values():
             cls.latencies, cls.events_read = [], 0

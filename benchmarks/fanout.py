@@ -49,9 +49,9 @@ from _harness import (  # noqa: E402
     SERVER_CORE,
     EventStreamProtocol,
     cpu_seconds,
+    open_clients,
     probe_status,
     report,
-    request_bytes,
     round_ratio,
     run_rounds,
     server,
@@ -211,7 +211,6 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
 
     ``on_start(server_pid)``, when given, is called as the measuring window opens (profilers).
     """
-    loop = asyncio.get_running_loop()
     with (own_server() if impl in OWN_IMPLS else server()) as srv:
         p = psutil.Process(srv.pid)
         me = psutil.Process()
@@ -219,20 +218,7 @@ async def measure_impl(impl: str, streams: int, seconds: float, interval: float,
         status, text = probe_status(srv.port, path)
         if status != 200:
             raise RuntimeError(f"status {status}: {text.strip()[:200]}")
-        req = request_bytes(path, close=False)
-        sem = asyncio.Semaphore(100)
-        clients: list[FanoutClient] = []
-
-        async def one() -> None:
-            async with sem:
-                _, proto = await loop.create_connection(FanoutClient, "127.0.0.1", srv.port)
-                proto.transport.write(req)
-                await asyncio.wait_for(proto.head, 30)
-                if proto.status != 200:
-                    raise RuntimeError(f"stream answered status {proto.status}")
-                clients.append(proto)
-
-        await asyncio.gather(*(one() for _ in range(streams)))
+        clients = await open_clients(FanoutClient, srv.port, path, streams)
         await asyncio.sleep(2.0)  # settle: every stream has had events
         FanoutClient.latencies = []
         FanoutClient.events_read = 0

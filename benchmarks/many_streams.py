@@ -36,9 +36,9 @@ from _harness import (  # noqa: E402
     hold_many,
     machine,
     measure_rounds,
+    open_clients,
     probe_status,
     report,
-    request_bytes,
     server,
 )
 
@@ -73,27 +73,12 @@ class IdleClient(asyncio.Protocol):
 
 
 async def open_streams(port: int, path: str, n: int, concurrency: int = 100) -> list[IdleClient]:
-    """Open ``n`` streams (``concurrency`` at a time) and wait for every response head.
+    """Open ``n`` idle streams (``concurrency`` at a time) and wait for every response head (``open_clients``).
 
     Raises:
         RuntimeError: a stream answered with a status other than 200.
     """
-    loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(concurrency)
-    req = request_bytes(path, close=False)
-    clients: list[IdleClient] = []
-
-    async def one() -> None:
-        async with sem:
-            _, proto = await loop.create_connection(IdleClient, "127.0.0.1", port)
-            proto.transport.write(req)
-            await asyncio.wait_for(proto.head, 30)
-            if proto.status != 200:
-                raise RuntimeError(f"stream answered status {proto.status}")
-            clients.append(proto)
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    return clients
+    return await open_clients(IdleClient, port, path, n, concurrency)
 
 
 def _cpu(p: psutil.Process) -> float:

@@ -105,8 +105,8 @@ from _harness import (  # noqa: E402
     http_get,
     machine,
     ncpu,
+    open_clients,
     report,
-    request_bytes,
     server,
     stop,
 )
@@ -370,22 +370,7 @@ async def open_streams(port: int, path: str, n: int, rec: Recorder, server: int 
     Raises:
         RuntimeError: a stream answered another status.
     """
-    loop = asyncio.get_running_loop()
-    req = request_bytes(path, close=False)
-    sem = asyncio.Semaphore(100)
-    out: list[Stream] = []
-
-    async def one() -> None:
-        async with sem:
-            _, proto = await loop.create_connection(lambda: Stream(rec, server), "127.0.0.1", port)
-            proto.transport.write(req)
-            await asyncio.wait_for(proto.head, 30)
-            if proto.status != 200:
-                raise RuntimeError(f"stream answered status {proto.status}")
-            out.append(proto)
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    return out
+    return await open_clients(lambda: Stream(rec, server), port, path, n)
 
 
 async def wait_subscribers(port: int, topic: str, n: int, timeout: float = 30.0) -> None:
