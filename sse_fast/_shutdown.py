@@ -150,6 +150,7 @@ _last: tuple[Any, Registry | None] = (lambda: None, None)
 
 def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
     """Return the registry of ``loop``, creating it and hooking the server running on it."""
+    global _last
     ref, reg = _last
     if ref() is not loop or reg is None or reg.hooked is None:
         reg = _registry(loop, loop.call_soon_threadsafe)
@@ -157,13 +158,8 @@ def registry_for(loop: asyncio.AbstractEventLoop) -> Registry:
             from ._servers import hook_asyncio
 
             hook_asyncio(reg, loop)
-        _set_last(loop, reg)
+        _last = (weakref.ref(loop), reg)
     return reg
-
-
-def _set_last(loop: Any, reg: Registry) -> None:
-    global _last
-    _last = (weakref.ref(loop), reg)
 
 
 class _TrioKey:
