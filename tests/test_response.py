@@ -493,11 +493,14 @@ def test_shutdown_completes_a_pending_send_and_flushes(impl):
         for i in range(3):
             yield {"data": i}
             await asyncio.sleep(0.01)
+        # shutdown once the three events exist, while the first one's 0.1 s send is still in
+        # flight (a fixed 50 ms timer raced the producer: a stall of the machine could fire it
+        # before events 1 and 2 were made, seen once in a clean-clone CI run)
+        asyncio.get_running_loop().call_soon(setattr, AppStatus, "should_exit", True)
         await asyncio.sleep(30)
 
     async def main():
         c = SlowClient()
-        asyncio.get_running_loop().call_later(0.05, setattr, AppStatus, "should_exit", True)
         await drive(EventSourceResponse(gen()), client=c)
         return c
 
